@@ -1,0 +1,328 @@
+//! An account's webhook settings and the rules a save must pass.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::FieldError;
+use crate::event::{EventType, json_kind, truncate};
+
+/// At most one primary and two backups, as the seed says.
+pub const ADDRESSES_MAX: usize = 3;
+/// Longest address accepted.
+pub const ADDRESS_LEN_MAX: usize = 2048;
+
+/// An absolute `http` or `https` URL with a host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub fn parse(text: &str) -> Result<WebhookUrl, String> {
+        if text.len() > ADDRESS_LEN_MAX {
+            return Err(format!(
+                "address is {} bytes long, the limit is {ADDRESS_LEN_MAX}",
+                text.len()
+            ));
+        }
+        let url = url::Url::parse(text)
+            .map_err(|err| format!("`{}` is not an absolute URL: {err}", truncate(text, 100)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "`{}` has scheme `{}`; only http and https are allowed",
+                truncate(text, 100),
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("`{}` has no host", truncate(text, 100)));
+        }
+        if url.fragment().is_some() {
+            return Err(format!(
+                "`{}` has a #fragment, which is never sent",
+                truncate(text, 100)
+            ));
+        }
+        Ok(WebhookUrl(url.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The role of an address in the failover chain, as sent in `mailhook-address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Primary,
+    Backup1,
+    Backup2,
+}
+
+impl Role {
+    pub fn of_index(index: usize) -> Role {
+        match index {
+            0 => Role::Primary,
+            1 => Role::Backup1,
+            _ => Role::Backup2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup1 => "backup-1",
+            Role::Backup2 => "backup-2",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        [Role::Primary, Role::Backup1, Role::Backup2]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+    }
+}
+
+/// What an account asked for: push on or off, where to, and which event types.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebhookSettings {
+    pub enabled: bool,
+    pub addresses: Vec<WebhookUrl>,
+    pub events: Vec<EventType>,
+}
+
+/// Fields a client may send back unchanged from a GET; they are read-only and ignored.
+const READ_ONLY_FIELDS: [&str; 2] = ["secret", "updated_at"];
+
+/// Validates a settings body (`{"enabled", "addresses", "events"}`), reporting every problem.
+pub fn validate_settings(body: &Value) -> Result<WebhookSettings, Vec<FieldError>> {
+    let Value::Object(fields) = body else {
+        return Err(vec![FieldError::new(
+            "",
+            format!("settings must be a JSON object, got {}", json_kind(body)),
+        )]);
+    };
+    let mut errors = Vec::new();
+    for key in fields.keys() {
+        if !["enabled", "addresses", "events"].contains(&key.as_str())
+            && !READ_ONLY_FIELDS.contains(&key.as_str())
+        {
+            errors.push(FieldError::new(
+                key.clone(),
+                format!(
+                    "unknown field `{}`; allowed: enabled, addresses, events",
+                    truncate(key, 64)
+                ),
+            ));
+        }
+    }
+
+    let enabled = match fields.get("enabled") {
+        Some(Value::Bool(b)) => Some(*b),
+        None => {
+            errors.push(FieldError::new(
+                "enabled",
+                "enabled is required (true or false)",
+            ));
+            None
+        }
+        Some(other) => {
+            errors.push(FieldError::new(
+                "enabled",
+                format!("enabled must be true or false, got {}", json_kind(other)),
+            ));
+            None
+        }
+    };
+
+    let mut addresses = Vec::new();
+    match fields.get("addresses") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            if items.len() > ADDRESSES_MAX {
+                errors.push(FieldError::new(
+                    "addresses",
+                    format!(
+                        "{} addresses given; at most {ADDRESSES_MAX} are allowed (1 primary and 2 backups)",
+                        items.len()
+                    ),
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                let field = format!("addresses[{i}]");
+                match item {
+                    Value::String(text) => match WebhookUrl::parse(text.trim()) {
+                        Ok(url) if addresses.contains(&url) => {
+                            errors.push(FieldError::new(field, format!("`{url}` is listed twice")));
+                        }
+                        Ok(url) => addresses.push(url),
+                        Err(message) => errors.push(FieldError::new(field, message)),
+                    },
+                    other => errors.push(FieldError::new(
+                        field,
+                        format!("address must be a string, got {}", json_kind(other)),
+                    )),
+                }
+            }
+        }
+        Some(other) => errors.push(FieldError::new(
+            "addresses",
+            format!(
+                "addresses must be an array of URLs, got {}",
+                json_kind(other)
+            ),
+        )),
+    }
+
+    let mut events = Vec::new();
+    match fields.get("events") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let field = format!("events[{i}]");
+                match item {
+                    Value::String(text) => match EventType::parse(text) {
+                        Some(t) if !events.contains(&t) => events.push(t),
+                        Some(_) => {}
+                        None => {
+                            errors.push(FieldError::new(field, EventType::unknown_message(text)))
+                        }
+                    },
+                    other => errors.push(FieldError::new(
+                        field,
+                        format!("event type must be a string, got {}", json_kind(other)),
+                    )),
+                }
+            }
+        }
+        Some(other) => errors.push(FieldError::new(
+            "events",
+            format!(
+                "events must be an array of event types, got {}",
+                json_kind(other)
+            ),
+        )),
+    }
+
+    if enabled == Some(true) && errors.is_empty() {
+        if addresses.is_empty() {
+            errors.push(FieldError::new(
+                "addresses",
+                "push is enabled but no address is configured; add at least one",
+            ));
+        }
+        if events.is_empty() {
+            errors.push(FieldError::new(
+                "events",
+                "push is enabled but no event type is subscribed; pick at least one",
+            ));
+        }
+    }
+    match enabled {
+        Some(enabled) if errors.is_empty() => Ok(WebhookSettings {
+            enabled,
+            addresses,
+            events,
+        }),
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(body: Value) -> Vec<String> {
+        validate_settings(&body)
+            .expect_err("should be rejected")
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn accepts_a_full_chain() {
+        let s = validate_settings(&json!({
+            "enabled": true,
+            "addresses": ["https://a.example/hook", "http://b.example:8080/x?y=1", "https://c.example"],
+            "events": ["delivery", "bounce", "delivery"],
+            "secret": "ignored"
+        }))
+        .unwrap();
+        assert_eq!(s.addresses.len(), 3);
+        assert_eq!(s.addresses[2].as_str(), "https://c.example/");
+        assert_eq!(s.events, vec![EventType::Delivery, EventType::Bounce]);
+    }
+
+    #[test]
+    fn disabled_settings_may_be_empty() {
+        let s =
+            validate_settings(&json!({"enabled": false, "addresses": [], "events": []})).unwrap();
+        assert!(!s.enabled);
+    }
+
+    #[test]
+    fn names_each_problem() {
+        let a = |n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("https://h{i}.example/")).collect()
+        };
+        let cases: Vec<(Value, Vec<&str>)> = vec![
+            (
+                json!({"enabled": true, "addresses": a(4), "events": ["open"]}),
+                vec!["addresses"],
+            ),
+            (
+                json!({"enabled": true, "addresses": ["not a url"], "events": ["open"]}),
+                vec!["addresses[0]"],
+            ),
+            (
+                json!({"enabled": true, "addresses": ["ftp://x.example/"], "events": ["open"]}),
+                vec!["addresses[0]"],
+            ),
+            (
+                json!({"enabled": true, "addresses": ["/relative"], "events": ["open"]}),
+                vec!["addresses[0]"],
+            ),
+            (
+                json!({"enabled": true, "addresses": ["https://x.example/", "https://x.example/"], "events": ["open"]}),
+                vec!["addresses[1]"],
+            ),
+            (
+                json!({"enabled": true, "addresses": a(1), "events": ["opened"]}),
+                vec!["events[0]"],
+            ),
+            (
+                json!({"enabled": true, "addresses": [], "events": ["open"]}),
+                vec!["addresses"],
+            ),
+            (
+                json!({"enabled": true, "addresses": a(1), "events": []}),
+                vec!["events"],
+            ),
+            (
+                json!({"addresses": a(1), "events": ["open"]}),
+                vec!["enabled"],
+            ),
+            (
+                json!({"enabled": "yes", "addresses": a(1), "events": ["open"]}),
+                vec!["enabled"],
+            ),
+            (
+                json!({"enabled": false, "addresses": a(1), "events": ["open"], "url": "x"}),
+                vec!["url"],
+            ),
+            (json!([]), vec![""]),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(fields(body.clone()), expected, "body: {body}");
+        }
+    }
+}
