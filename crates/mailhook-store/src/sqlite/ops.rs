@@ -1,0 +1,353 @@
+//! The write operations the writer thread runs, each inside a (shared) transaction.
+
+use mailhook_core::signature::Secret;
+use mailhook_core::{AccountId, WebhookSettings};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{now_ms, rows};
+use crate::{Completion, EventState, InsertOutcome, Job, NewEvent, Result, StoredSettings};
+
+/// One kind of write. `apply` runs inside a transaction the writer may share with other
+/// requests, so it must not begin or commit one itself.
+pub(super) trait Op: Send + 'static {
+    type Output: Send + 'static;
+    /// Whether the caller was promised durability: its transaction commits with
+    /// `synchronous=FULL`.
+    const DURABLE: bool;
+    /// Whether it changes the database; a group of non-writes needs no transaction.
+    const WRITES: bool = true;
+
+    /// Rows touched, counted against `events_per_commit_max`.
+    fn weight(&self) -> usize {
+        1
+    }
+
+    fn apply(&self, conn: &Connection) -> Result<Self::Output>;
+}
+
+pub(super) struct Insert {
+    pub events: Vec<NewEvent>,
+}
+
+impl Op for Insert {
+    type Output = InsertOutcome;
+    const DURABLE: bool = true;
+
+    fn weight(&self) -> usize {
+        self.events.len()
+    }
+
+    fn apply(&self, conn: &Connection) -> Result<InsertOutcome> {
+        // Conflicts count as duplicates; that covers an event stored earlier, one repeated
+        // in this batch, and one inserted by another request of the same group.
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO events (account, event_id, msg_id, type, timestamp_ms, accepted_at_ms,
+                 test, body, state, due_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?6)
+             ON CONFLICT (account, event_id) DO NOTHING",
+        )?;
+        let accepted_at_ms = now_ms();
+        let mut outcome = InsertOutcome {
+            accepted: 0,
+            duplicates: 0,
+            event_ids: Vec::with_capacity(self.events.len()),
+        };
+        for NewEvent { event, body } in &self.events {
+            let inserted = insert.execute(params![
+                event.account.as_str(),
+                event.event_id.as_str(),
+                event.msg_id.as_str(),
+                event.event_type.as_str(),
+                event.timestamp_ms,
+                accepted_at_ms,
+                event.test,
+                body,
+            ])?;
+            if inserted == 1 {
+                outcome.accepted += 1;
+            } else {
+                outcome.duplicates += 1;
+            }
+            outcome.event_ids.push(event.event_id.as_str().to_owned());
+        }
+        Ok(outcome)
+    }
+}
+
+pub(super) struct Claim {
+    pub now_ms: i64,
+    pub limit: usize,
+    pub lease_ms: i64,
+}
+
+impl Op for Claim {
+    type Output = Vec<Job>;
+    const DURABLE: bool = false;
+
+    fn apply(&self, conn: &Connection) -> Result<Vec<Job>> {
+        let lease_until_ms = self.now_ms.saturating_add(self.lease_ms.max(0));
+        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
+        // A lease is a due time in the future: claimed events are skipped until it passes,
+        // and come back by themselves if the claimant never completes them.
+        let mut claim = conn.prepare_cached(
+            "UPDATE events SET leased = 1, due_at_ms = ?1
+             WHERE id IN (SELECT id FROM events
+                          WHERE due_at_ms IS NOT NULL AND due_at_ms <= ?2
+                          ORDER BY due_at_ms, id LIMIT ?3)
+             RETURNING id, account, event_id, msg_id, type, test, body, addr_index,
+                 addr_tries, round, attempts, accepted_at_ms",
+        )?;
+        let mut claimed = claim.query(params![lease_until_ms, self.now_ms, limit])?;
+        let mut jobs = Vec::new();
+        let mut unreadable = Vec::new();
+        while let Some(row) = claimed.next()? {
+            match rows::job(row) {
+                Ok(job) => jobs.push(job),
+                Err(err) => unreadable.push((row.get::<_, i64>("id")?, err)),
+            }
+        }
+        drop(claimed);
+        // A row that cannot be read would fail every claim and stall all delivery; park it
+        // as dead with the reason instead, where the failures list shows it.
+        for (id, err) in unreadable {
+            tracing::error!(id, error = %err, "parking an event whose row cannot be read");
+            conn.execute(
+                "UPDATE events SET state = 'dead', detail = ?2, due_at_ms = NULL, leased = 0
+                 WHERE id = ?1",
+                params![id, err.to_string()],
+            )?;
+        }
+        // RETURNING gives no order; the set is the oldest due, and insertion order within
+        // it keeps the events of one email in the order they came.
+        jobs.sort_unstable_by_key(|job| job.id);
+        Ok(jobs)
+    }
+}
+
+pub(super) struct Complete {
+    pub completions: Vec<Completion>,
+}
+
+impl Op for Complete {
+    type Output = ();
+    const DURABLE: bool = false;
+
+    fn weight(&self) -> usize {
+        self.completions.len()
+    }
+
+    fn apply(&self, conn: &Connection) -> Result<()> {
+        let mut update = conn.prepare_cached(
+            "UPDATE events SET state = ?2, detail = ?3, delivered_to = ?4, due_at_ms = ?5,
+                 addr_index = ?6, addr_tries = ?7, round = ?8, attempts = attempts + ?9,
+                 leased = 0
+             WHERE id = ?1",
+        )?;
+        // A number already stored means two dispatchers ran the same step (a lease ran out
+        // mid-attempt); the later report wins, like the event's own columns.
+        let mut record = conn.prepare_cached(
+            "INSERT INTO attempts (event, number, role, url, status, error, duration_ms, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (event, number) DO UPDATE SET role = excluded.role,
+                 url = excluded.url, status = excluded.status, error = excluded.error,
+                 duration_ms = excluded.duration_ms, at_ms = excluded.at_ms",
+        )?;
+        for c in &self.completions {
+            let updated = update.execute(params![
+                c.id,
+                c.state.as_str(),
+                c.detail,
+                c.delivered_to.map(|role| role.as_str()),
+                c.due_at_ms,
+                c.pos.address,
+                c.pos.tries,
+                c.pos.round,
+                c.attempts.len(),
+            ])?;
+            if updated == 0 {
+                tracing::warn!(
+                    id = c.id,
+                    "completion for an event that is not stored; ignored"
+                );
+                continue;
+            }
+            for a in &c.attempts {
+                record.execute(params![
+                    c.id,
+                    a.number,
+                    a.role.as_str(),
+                    a.url,
+                    a.status,
+                    a.error,
+                    a.duration_ms,
+                    a.at_ms,
+                ])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct Release {
+    pub ids: Vec<i64>,
+}
+
+impl Op for Release {
+    type Output = ();
+    const DURABLE: bool = false;
+
+    fn weight(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn apply(&self, conn: &Connection) -> Result<()> {
+        // Only a leased event has a lease to end: releasing one already completed (and at
+        // rest) must not make it due and deliver it again.
+        let mut release = conn.prepare_cached(
+            "UPDATE events SET leased = 0, due_at_ms = 0 WHERE id = ?1 AND leased = 1",
+        )?;
+        for id in &self.ids {
+            release.execute([id])?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct PutSettings {
+    pub account: AccountId,
+    pub settings: WebhookSettings,
+    pub new_secret: Secret,
+    pub now_ms: i64,
+}
+
+impl Op for PutSettings {
+    type Output = StoredSettings;
+    const DURABLE: bool = true;
+
+    fn apply(&self, conn: &Connection) -> Result<StoredSettings> {
+        let addresses: Vec<&str> = self.settings.addresses.iter().map(|a| a.as_str()).collect();
+        let events: Vec<&str> = self.settings.events.iter().map(|t| t.as_str()).collect();
+        // The secret is only written by the insert: a later save keeps the secret (and the
+        // previous one) the receivers already verify with.
+        let mut upsert = conn.prepare_cached(
+            "INSERT INTO settings (account, enabled, addresses, events, secret, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (account) DO UPDATE SET enabled = excluded.enabled,
+                 addresses = excluded.addresses, events = excluded.events,
+                 updated_at_ms = excluded.updated_at_ms
+             RETURNING enabled, addresses, events, secret, previous_secret,
+                 previous_until_ms, updated_at_ms",
+        )?;
+        let mut saved = upsert.query(params![
+            self.account.as_str(),
+            self.settings.enabled,
+            to_json(&addresses)?,
+            to_json(&events)?,
+            self.new_secret.expose(),
+            self.now_ms,
+        ])?;
+        match saved.next()? {
+            Some(row) => rows::stored_settings(row),
+            None => Err(crate::Error::Corrupt(
+                "settings upsert returned no row".to_owned(),
+            )),
+        }
+    }
+}
+
+pub(super) struct RotateSecret {
+    pub account: AccountId,
+    pub new_secret: Secret,
+    pub grace_until_ms: i64,
+    pub now_ms: i64,
+}
+
+impl Op for RotateSecret {
+    type Output = Option<StoredSettings>;
+    const DURABLE: bool = true;
+
+    fn apply(&self, conn: &Connection) -> Result<Option<StoredSettings>> {
+        let mut rotate = conn.prepare_cached(
+            "UPDATE settings SET previous_secret = secret, previous_until_ms = ?2,
+                 secret = ?3, updated_at_ms = ?4
+             WHERE account = ?1
+             RETURNING enabled, addresses, events, secret, previous_secret,
+                 previous_until_ms, updated_at_ms",
+        )?;
+        let mut rotated = rotate.query(params![
+            self.account.as_str(),
+            self.grace_until_ms,
+            self.new_secret.expose(),
+            self.now_ms,
+        ])?;
+        rotated.next()?.map(rows::stored_settings).transpose()
+    }
+}
+
+pub(super) struct Replay {
+    pub account: AccountId,
+    pub event_ids: Option<Vec<String>>,
+    pub now_ms: i64,
+}
+
+impl Op for Replay {
+    type Output = Vec<String>;
+    const DURABLE: bool = true;
+
+    fn weight(&self) -> usize {
+        self.event_ids.as_ref().map_or(1, Vec::len)
+    }
+
+    fn apply(&self, conn: &Connection) -> Result<Vec<String>> {
+        const REQUEUE: &str = "UPDATE events SET state = 'pending', due_at_ms = ?2,
+                 addr_index = 0, addr_tries = 0, round = 0, detail = NULL, leased = 0
+             WHERE account = ?1 AND state IN ('failed', 'dead')";
+        debug_assert_eq!(EventState::Failed.as_str(), "failed");
+        debug_assert_eq!(EventState::Dead.as_str(), "dead");
+        let account = self.account.as_str();
+        match &self.event_ids {
+            None => {
+                let mut all = conn.prepare_cached(&format!("{REQUEUE} RETURNING id, event_id"))?;
+                let mut requeued = all
+                    .query_map(params![account, self.now_ms], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                requeued.sort_unstable_by_key(|(id, _)| *id);
+                Ok(requeued.into_iter().map(|(_, event_id)| event_id).collect())
+            }
+            Some(event_ids) => {
+                let mut one = conn
+                    .prepare_cached(&format!("{REQUEUE} AND event_id = ?3 RETURNING event_id"))?;
+                let mut requeued = Vec::new();
+                for event_id in event_ids {
+                    // A repeated id matches once: the first pass made it pending.
+                    let found: Option<String> = one
+                        .query_row(params![account, self.now_ms, event_id], |row| row.get(0))
+                        .optional()?;
+                    requeued.extend(found);
+                }
+                Ok(requeued)
+            }
+        }
+    }
+}
+
+/// A round trip through the writer, so readiness fails when the writer thread is dead.
+pub(super) struct Ping;
+
+impl Op for Ping {
+    type Output = ();
+    const DURABLE: bool = false;
+    const WRITES: bool = false;
+
+    fn apply(&self, conn: &Connection) -> Result<()> {
+        conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+fn to_json(items: &[&str]) -> Result<String> {
+    serde_json::to_string(items)
+        .map_err(|err| crate::Error::Unavailable(format!("cannot encode settings as JSON: {err}")))
+}

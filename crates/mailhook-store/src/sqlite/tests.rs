@@ -1,0 +1,821 @@
+//! Tests of the SQLite store on real database files.
+
+use mailhook_core::chain::ChainPos;
+use mailhook_core::event::{EventId, MsgId};
+use mailhook_core::settings::Role;
+use mailhook_core::signature::{SECRET_BYTES, Secret};
+use mailhook_core::{AccountId, Event, EventType, WebhookSettings, WebhookUrl};
+use tempfile::TempDir;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::ops::{self, Op};
+use super::writer::{Msg, Request, Writer};
+use super::{SqliteOptions, SqliteStore, now_ms, schema};
+use crate::{AttemptRecord, Completion, Error, EventState, NewEvent, Result, Store, new_event};
+
+/// Well after every insert of a test: claims at this time see every event as due.
+fn later() -> i64 {
+    now_ms() + 60_000
+}
+
+fn open(dir: &TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("mailhook.db"), SqliteOptions::default()).unwrap()
+}
+
+fn account(name: &str) -> AccountId {
+    AccountId::parse(name).unwrap()
+}
+
+fn event(account_name: &str, event_id: &str, msg_id: &str, timestamp_ms: i64) -> NewEvent {
+    new_event(Event {
+        event_id: EventId::parse(event_id).unwrap(),
+        event_type: EventType::Delivery,
+        account: account(account_name),
+        msg_id: MsgId::parse(msg_id).unwrap(),
+        timestamp_ms,
+        test: false,
+        email: serde_json::Map::new(),
+        status: serde_json::Map::new(),
+    })
+}
+
+fn attempt(number: u32, role: Role, status: Option<u16>, at_ms: i64) -> AttemptRecord {
+    AttemptRecord {
+        number,
+        role,
+        url: format!("https://{}.example/hook", role.as_str()),
+        status,
+        error: status.is_none().then(|| "connection refused".to_owned()),
+        duration_ms: 12,
+        at_ms,
+    }
+}
+
+/// A completion that puts an event at rest in `state`.
+fn at_rest(id: i64, state: EventState, detail: Option<&str>) -> Completion {
+    Completion {
+        id,
+        state,
+        pos: ChainPos::default(),
+        due_at_ms: None,
+        attempts: Vec::new(),
+        detail: detail.map(str::to_owned),
+        delivered_to: None,
+    }
+}
+
+fn settings(enabled: bool, addresses: &[&str], events: &[EventType]) -> WebhookSettings {
+    WebhookSettings {
+        enabled,
+        addresses: addresses
+            .iter()
+            .map(|a| WebhookUrl::parse(a).unwrap())
+            .collect(),
+        events: events.to_vec(),
+    }
+}
+
+/// Claims everything due and returns `event_id -> store id`.
+async fn claim_ids(store: &SqliteStore) -> Vec<(String, i64)> {
+    let jobs = store.claim_due(later(), 100, 1000).await.unwrap();
+    jobs.into_iter().map(|j| (j.event_id, j.id)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_counts_duplicates_across_requests_and_within_a_batch_in_request_order() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let cases: Vec<(Vec<NewEvent>, usize, usize, Vec<&str>)> = vec![
+        // (batch, accepted, duplicates, event_ids)
+        (
+            vec![
+                event("default", "b", "m1", 1),
+                event("default", "a", "m1", 2),
+            ],
+            2,
+            0,
+            vec!["b", "a"],
+        ),
+        // `a` stored by the previous request, `c` repeated within this batch
+        (
+            vec![
+                event("default", "c", "m1", 3),
+                event("default", "a", "m1", 2),
+                event("default", "c", "m1", 3),
+            ],
+            1,
+            2,
+            vec!["c", "a", "c"],
+        ),
+        // the same event id in another account is another event
+        (vec![event("other", "a", "m1", 2)], 1, 0, vec!["a"]),
+    ];
+    for (batch, accepted, duplicates, event_ids) in cases {
+        let outcome = store.insert_events(batch).await.unwrap();
+        assert_eq!(outcome.accepted, accepted, "{outcome:?}");
+        assert_eq!(outcome.duplicates, duplicates, "{outcome:?}");
+        assert_eq!(outcome.event_ids, event_ids);
+    }
+    let stored = store.message(&account("default"), "m1").await.unwrap();
+    let ids: Vec<_> = stored.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["b", "a", "c"]);
+    assert!(
+        stored
+            .iter()
+            .all(|e| e.state == EventState::Pending && e.due_at_ms.is_some())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_returns_due_events_once_and_not_again_until_the_lease_expires() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let before = now_ms();
+    let batch: Vec<_> = (0..3)
+        .map(|i| event("default", &format!("e{i}"), "m", i))
+        .collect();
+    let bodies: Vec<Vec<u8>> = batch.iter().map(|e| e.body.clone()).collect();
+    store.insert_events(batch).await.unwrap();
+    let now = later();
+    let lease_ms = 30_000;
+
+    // (claim at, limit, event ids returned)
+    let steps: [(i64, usize, &[&str]); 5] = [
+        (before - 1, 10, &[]),                     // not due yet
+        (now, 2, &["e0", "e1"]),                   // the oldest due first, up to the limit
+        (now, 10, &["e2"]),                        // the rest; the first two are leased
+        (now + lease_ms - 1, 10, &[]),             // all leased until the lease ends
+        (now + lease_ms, 10, &["e0", "e1", "e2"]), // lease over: due again
+    ];
+    for (at, limit, expected) in steps {
+        let jobs = store.claim_due(at, limit, lease_ms).await.unwrap();
+        let ids: Vec<_> = jobs.iter().map(|j| j.event_id.as_str()).collect();
+        assert_eq!(ids, expected, "claim at {at} limit {limit}");
+        for job in &jobs {
+            let i: usize = job.event_id[1..].parse().unwrap();
+            assert_eq!(&*job.body, bodies[i].as_slice());
+            assert_eq!(job.pos, ChainPos::default());
+            assert_eq!(job.attempts, 0);
+            assert_eq!(job.event_type, EventType::Delivery);
+            assert!(job.accepted_at_ms >= before && job.accepted_at_ms <= now_ms());
+        }
+    }
+    assert_eq!(store.next_due_at().await.unwrap(), Some(now + 2 * lease_ms));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn complete_writes_state_and_attempts_and_message_shows_them_in_order() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    // Inserted out of timestamp order: `message` sorts by the event's own time.
+    store
+        .insert_events(vec![
+            event("default", "delivered", "m", 2_000),
+            event("default", "sent", "m", 1_000),
+            event("default", "retrying", "m", 3_000),
+        ])
+        .await
+        .unwrap();
+    let claimed = claim_ids(&store).await;
+    let id = |name: &str| claimed.iter().find(|(e, _)| e == name).unwrap().1;
+    let retry_at = later() + 5_000;
+    let retry_pos = ChainPos {
+        address: 1,
+        tries: 1,
+        round: 0,
+    };
+    store
+        .complete(vec![
+            Completion {
+                id: id("delivered"),
+                state: EventState::Delivered,
+                pos: ChainPos {
+                    address: 1,
+                    tries: 0,
+                    round: 0,
+                },
+                due_at_ms: None,
+                // given out of order: stored and shown by number
+                attempts: vec![
+                    attempt(2, Role::Backup1, Some(200), 20),
+                    attempt(1, Role::Primary, None, 10),
+                ],
+                detail: None,
+                delivered_to: Some(Role::Backup1),
+            },
+            at_rest(id("sent"), EventState::Skipped, Some("push is disabled")),
+            Completion {
+                id: id("retrying"),
+                state: EventState::Pending,
+                pos: retry_pos,
+                due_at_ms: Some(retry_at),
+                attempts: vec![attempt(1, Role::Primary, Some(500), 30)],
+                detail: Some("status 500".to_owned()),
+                delivered_to: None,
+            },
+        ])
+        .await
+        .unwrap();
+
+    let events = store.message(&account("default"), "m").await.unwrap();
+    let shown: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event_id.as_str(),
+                e.state,
+                e.delivered_to,
+                e.detail.as_deref(),
+                e.due_at_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "sent",
+                EventState::Skipped,
+                None,
+                Some("push is disabled"),
+                None
+            ),
+            (
+                "delivered",
+                EventState::Delivered,
+                Some(Role::Backup1),
+                None,
+                None
+            ),
+            (
+                "retrying",
+                EventState::Pending,
+                None,
+                Some("status 500"),
+                Some(retry_at)
+            ),
+        ]
+    );
+    assert_eq!(
+        events[1].attempts,
+        [
+            attempt(1, Role::Primary, None, 10),
+            attempt(2, Role::Backup1, Some(200), 20)
+        ]
+    );
+    assert!(events[0].attempts.is_empty());
+    assert_eq!(
+        store
+            .event(&account("default"), "retrying")
+            .await
+            .unwrap()
+            .unwrap()
+            .attempts
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .event(&account("default"), "nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .message(&account("other"), "m")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Only the retrying event is due again, and a claim carries its place in the chain.
+    assert_eq!(store.next_due_at().await.unwrap(), Some(retry_at));
+    let jobs = store.claim_due(retry_at, 10, 1000).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].event_id.as_str(), jobs[0].pos, jobs[0].attempts),
+        ("retrying", retry_pos, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn release_makes_a_claimed_event_due_at_once_and_leaves_others_alone() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .insert_events(vec![
+            event("default", "leased", "m", 1),
+            event("default", "done", "m", 2),
+        ])
+        .await
+        .unwrap();
+    let claimed = claim_ids(&store).await;
+    let done = claimed.iter().find(|(e, _)| e == "done").unwrap().1;
+    store
+        .complete(vec![at_rest(done, EventState::Delivered, None)])
+        .await
+        .unwrap();
+    let now = later();
+    assert!(
+        store.claim_due(now, 10, 1000).await.unwrap().is_empty(),
+        "still leased"
+    );
+
+    // Releasing every id: the completed one has no lease and must not become due.
+    store
+        .release(claimed.iter().map(|(_, id)| *id).collect())
+        .await
+        .unwrap();
+    assert_eq!(store.next_due_at().await.unwrap(), Some(0));
+    let jobs = store.claim_due(now, 10, 1000).await.unwrap();
+    let ids: Vec<_> = jobs.iter().map(|j| j.event_id.as_str()).collect();
+    assert_eq!(ids, ["leased"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reopen_after_drop_makes_leased_events_due_at_once() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .insert_events(vec![event("default", "e", "m", 1)])
+        .await
+        .unwrap();
+    let hour_ms = 3_600_000;
+    assert_eq!(
+        store.claim_due(later(), 10, hour_ms).await.unwrap().len(),
+        1
+    );
+    drop(store);
+
+    let store = open(&dir);
+    assert_eq!(store.next_due_at().await.unwrap(), Some(0));
+    let jobs = store.claim_due(now_ms(), 10, 1000).await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(),
+        ["e"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_first_save_sets_the_secret_later_saves_keep_it_and_rotation_keeps_the_previous() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let acct = account("shop");
+    let secret = |n: u8| Secret::from_bytes([n; SECRET_BYTES]);
+    assert!(store.get_settings(&acct).await.unwrap().is_none());
+    assert!(
+        store
+            .rotate_secret(&acct, secret(9), 5_000, 1_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let first = settings(true, &["https://a.example/hook"], &[EventType::Delivery]);
+    let saved = store
+        .put_settings(&acct, first.clone(), secret(1), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (&saved.settings, &saved.secret, saved.updated_at_ms),
+        (&first, &secret(1), 100)
+    );
+    assert!(saved.previous_secret.is_none());
+
+    let second = settings(
+        false,
+        &["https://b.example/x", "http://c.example:8080/"],
+        &[EventType::Open, EventType::Click],
+    );
+    let saved = store
+        .put_settings(&acct, second.clone(), secret(2), 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        (&saved.settings, &saved.secret, saved.updated_at_ms),
+        (&second, &secret(1), 200)
+    );
+
+    let rotated = store
+        .rotate_secret(&acct, secret(3), 86_400_300, 300)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rotated.secret, secret(3));
+    assert_eq!(rotated.previous_secret, Some((secret(1), 86_400_300)));
+    assert_eq!((&rotated.settings, rotated.updated_at_ms), (&second, 300));
+
+    // A save after rotation keeps both secrets; a read gives the same as the writes did.
+    store
+        .put_settings(&acct, first.clone(), secret(4), 400)
+        .await
+        .unwrap();
+    let read = store.get_settings(&acct).await.unwrap().unwrap();
+    assert_eq!((&read.settings, &read.secret), (&first, &secret(3)));
+    assert_eq!(read.previous_secret, Some((secret(1), 86_400_300)));
+    assert_eq!(read.signing_secrets(86_400_299), [&secret(3), &secret(1)]);
+    assert_eq!(read.signing_secrets(86_400_300), [&secret(3)]);
+    assert!(
+        store
+            .get_settings(&account("other"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_requeues_only_failed_and_dead_events() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let names = ["delivered", "failed", "dead", "skipped", "pending"];
+    let batch: Vec<_> = names.iter().map(|n| event("default", n, "m", 1)).collect();
+    store.insert_events(batch).await.unwrap();
+    store
+        .insert_events(vec![event("other", "failed", "m", 1)])
+        .await
+        .unwrap();
+
+    let fail_all = async |store: &SqliteStore| {
+        let claimed = claim_ids(store).await;
+        let completions = claimed
+            .iter()
+            .filter(|(name, _)| name != "pending")
+            .map(|(name, id)| {
+                let state = EventState::parse(name).unwrap();
+                Completion {
+                    pos: ChainPos {
+                        address: 2,
+                        tries: 3,
+                        round: 2,
+                    },
+                    due_at_ms: (state == EventState::Failed).then_some(i64::MAX),
+                    ..at_rest(*id, state, Some("status 503"))
+                }
+            })
+            .collect();
+        store.complete(completions).await.unwrap();
+    };
+    fail_all(&store).await;
+
+    let replayed = store.replay(&account("default"), None, 42).await.unwrap();
+    assert_eq!(replayed, ["failed", "dead"]);
+    let events = store.message(&account("default"), "m").await.unwrap();
+    for e in &events {
+        match e.event_id.as_str() {
+            "failed" | "dead" => {
+                assert_eq!(
+                    (e.state, e.due_at_ms, e.round, e.detail.as_deref()),
+                    (EventState::Pending, Some(42), 0, None)
+                );
+            }
+            "pending" => assert_eq!(e.state, EventState::Pending),
+            other => assert_eq!(e.state.as_str(), other, "untouched"),
+        }
+    }
+    let jobs = store.claim_due(42, 10, 1000).await.unwrap();
+    assert!(
+        jobs.iter().all(|j| j.pos == ChainPos::default()),
+        "chain starts from the primary"
+    );
+    // The other account's failed event was not touched.
+    let other = store
+        .event(&account("other"), "failed")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.state, EventState::Failed);
+
+    // Listed ids: only those failed or dead are queued, each once.
+    store
+        .release(jobs.iter().map(|j| j.id).collect())
+        .await
+        .unwrap();
+    fail_all(&store).await;
+    let listed = ["delivered", "dead", "missing", "dead", "failed"]
+        .map(str::to_owned)
+        .to_vec();
+    let replayed = store
+        .replay(&account("default"), Some(listed), 43)
+        .await
+        .unwrap();
+    assert_eq!(replayed, ["dead", "failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_lists_failed_and_dead_newest_first_up_to_the_limit() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let names = ["f1", "d2", "ok3", "f4", "d5"];
+    store
+        .insert_events(names.iter().map(|n| event("default", n, "m", 1)).collect())
+        .await
+        .unwrap();
+    let claimed = claim_ids(&store).await;
+    let completions = claimed
+        .iter()
+        .map(|(name, id)| {
+            let state = match &name[..1] {
+                "f" => EventState::Failed,
+                "d" => EventState::Dead,
+                _ => EventState::Delivered,
+            };
+            at_rest(*id, state, Some(&format!("last error of {name}")))
+        })
+        .collect();
+    store.complete(completions).await.unwrap();
+
+    let cases: [(usize, &[&str]); 3] = [
+        (10, &["d5", "f4", "d2", "f1"]),
+        (2, &["d5", "f4"]),
+        (0, &[]),
+    ];
+    for (limit, expected) in cases {
+        let failures = store.failures(&account("default"), limit).await.unwrap();
+        let ids: Vec<_> = failures.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, expected, "limit {limit}");
+        for f in &failures {
+            assert_eq!(f.detail, Some(format!("last error of {}", f.event_id)));
+        }
+    }
+    assert!(
+        store
+            .failures(&account("other"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_commit_shares_transactions_between_concurrent_inserts() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let requests = 200;
+    let before = store.commits();
+    let tasks: Vec<_> = (0..requests)
+        .map(|r| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let batch = (0..10)
+                    .map(|i| event("default", &format!("r{r}-{i}"), "m", 1))
+                    .collect();
+                store.insert_events(batch).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let outcome = task.await.unwrap().unwrap();
+        assert_eq!((outcome.accepted, outcome.duplicates), (10, 0));
+    }
+    let commits = store.commits() - before;
+    println!("{requests} concurrent insert requests took {commits} commits");
+    assert!(
+        commits < requests,
+        "{commits} commits for {requests} requests"
+    );
+    assert_eq!(
+        store.message(&account("default"), "m").await.unwrap().len(),
+        2000
+    );
+}
+
+/// Queues a write without waiting, so a test can line up a group before the writer runs.
+fn queue<O: Op>(queue: &mpsc::Sender<Msg>, op: O) -> oneshot::Receiver<Result<O::Output>> {
+    let (reply, replied) = oneshot::channel();
+    queue
+        .try_send(Msg::Write(Box::new(Request::new(op, reply))))
+        .unwrap();
+    replied
+}
+
+/// Runs a writer over what `fill` queued (then a shutdown) and returns its commit count.
+fn run_writer(
+    dir: &TempDir,
+    events_per_commit_max: usize,
+    fill: impl FnOnce(&mpsc::Sender<Msg>),
+) -> u64 {
+    let conn = schema::open_writer(&dir.path().join("mailhook.db")).unwrap();
+    let (sender, receiver) = mpsc::channel(64);
+    fill(&sender);
+    let (ack, _acked) = oneshot::channel();
+    sender.try_send(Msg::Shutdown(ack)).unwrap();
+    let commits = Arc::new(AtomicU64::new(0));
+    let writer = Writer::new(conn, receiver, events_per_commit_max, Arc::clone(&commits));
+    std::thread::spawn(move || writer.run()).join().unwrap();
+    commits.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_request_fails_alone_when_its_group_is_retried_one_by_one() {
+    let dir = TempDir::new().unwrap();
+    let mut replies = None;
+    let commits = run_writer(&dir, 10_000, |sender| {
+        let first = queue(
+            sender,
+            ops::Insert {
+                events: vec![event("default", "a", "m", 1)],
+            },
+        );
+        // A duration past i64::MAX cannot be bound: this request fails inside the group.
+        let too_long = AttemptRecord {
+            duration_ms: u64::MAX,
+            ..attempt(1, Role::Primary, None, 1)
+        };
+        let bad = queue(
+            sender,
+            ops::Complete {
+                completions: vec![Completion {
+                    attempts: vec![too_long],
+                    ..at_rest(1, EventState::Delivered, None)
+                }],
+            },
+        );
+        let second = queue(
+            sender,
+            ops::Insert {
+                events: vec![event("default", "b", "m", 2)],
+            },
+        );
+        replies = Some((first, bad, second));
+    });
+    let (first, bad, second) = replies.unwrap();
+    assert_eq!(first.await.unwrap().unwrap().accepted, 1);
+    assert!(bad.await.unwrap().is_err());
+    assert_eq!(second.await.unwrap().unwrap().accepted, 1);
+    // The shared transaction rolled back; each insert then committed alone.
+    assert_eq!(commits, 2);
+    let store = open(&dir);
+    let stored = store.message(&account("default"), "m").await.unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|e| (e.event_id.as_str(), e.state))
+            .collect::<Vec<_>>(),
+        [("a", EventState::Pending), ("b", EventState::Pending)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_holds_at_most_events_per_commit_max_events() {
+    let dir = TempDir::new().unwrap();
+    // Five queued requests of 4 events with a cap of 10: groups of 8, 8 and 4.
+    let mut replies = Vec::new();
+    let commits = run_writer(&dir, 10, |sender| {
+        for r in 0..5 {
+            let batch = (0..4)
+                .map(|i| event("default", &format!("r{r}-{i}"), "m", 1))
+                .collect();
+            replies.push(queue(sender, ops::Insert { events: batch }));
+        }
+    });
+    for reply in replies {
+        assert_eq!(reply.await.unwrap().unwrap().accepted, 4);
+    }
+    assert_eq!(commits, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opening_a_file_that_is_not_a_database_is_an_error() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("mailhook.db");
+    std::fs::write(
+        &path,
+        "this is not a SQLite database, just text. ".repeat(100),
+    )
+    .unwrap();
+    match SqliteStore::open(&path, SqliteOptions::default()) {
+        Err(Error::Corrupt(message)) => {
+            assert!(message.contains("mailhook.db"), "{message}");
+        }
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("opened a text file as a database"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_that_cannot_be_read_is_corrupt_and_claims_park_it() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .insert_events(vec![
+            event("default", "bad", "m", 1),
+            event("default", "good", "m", 2),
+        ])
+        .await
+        .unwrap();
+    let raw = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
+    raw.execute(
+        "UPDATE events SET type = 'teleport' WHERE event_id = 'bad'",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+
+    match store.event(&account("default"), "bad").await {
+        Err(Error::Corrupt(message)) => assert!(
+            message.contains("`type`") && message.contains("teleport"),
+            "{message}"
+        ),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // The claim still hands out the good event; the bad one is parked as dead.
+    let jobs = store.claim_due(later(), 10, 1000).await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    assert!(
+        store
+            .claim_due(later() + 10_000, 10, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.event_id == "good")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_runs_queued_writes_and_every_call_after_it_is_closed() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store.ping().await.unwrap();
+    let acct = account("default");
+    let tasks: Vec<_> = (0..20)
+        .map(|r| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_events(vec![event("default", &format!("q{r}"), "m", 1)])
+                    .await
+            })
+        })
+        .collect();
+    // Let some of them reach the queue first, so close() has queued writes to run.
+    tokio::task::yield_now().await;
+    store.close().await.unwrap();
+    let mut stored = Vec::new();
+    for (r, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(_) => stored.push(format!("q{r}")),
+            Err(Error::Closed) => {}
+            Err(other) => panic!("insert failed with {other:?}"),
+        }
+    }
+    println!(
+        "{} of 20 inserts racing close() were stored, the rest closed",
+        stored.len()
+    );
+
+    let secret = Secret::from_bytes([1; SECRET_BYTES]);
+    let closed = [
+        store
+            .insert_events(vec![event("default", "late", "m", 1)])
+            .await
+            .err(),
+        store.claim_due(0, 10, 1000).await.err(),
+        store
+            .complete(vec![at_rest(1, EventState::Delivered, None)])
+            .await
+            .err(),
+        store.release(vec![1]).await.err(),
+        store.next_due_at().await.err(),
+        store.get_settings(&acct).await.err(),
+        store
+            .put_settings(&acct, WebhookSettings::default(), secret.clone(), 1)
+            .await
+            .err(),
+        store.rotate_secret(&acct, secret, 1, 1).await.err(),
+        store.message(&acct, "m").await.err(),
+        store.event(&acct, "q0").await.err(),
+        store.failures(&acct, 10).await.err(),
+        store.replay(&acct, None, 1).await.err(),
+        store.ping().await.err(),
+        store.close().await.err(),
+    ];
+    for (i, err) in closed.into_iter().enumerate() {
+        assert!(matches!(err, Some(Error::Closed)), "call {i}: {err:?}");
+    }
+
+    // Every insert that was answered Ok is on disk.
+    drop(store);
+    let store = open(&dir);
+    let on_disk: Vec<_> = store
+        .message(&acct, "m")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    for id in &stored {
+        assert!(
+            on_disk.contains(id),
+            "{id} was acknowledged but is not stored"
+        );
+    }
+}
