@@ -1,0 +1,283 @@
+//! One HTTP attempt: POST the signed payload, wait for a 2xx within the timeout, and say
+//! what happened in words a receiver's owner can act on.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mailhook_core::chain::Outcome;
+use tokio::time::Instant;
+
+/// The headers of one attempt, besides content type and user agent.
+#[derive(Debug, Clone)]
+pub struct AttemptHeaders {
+    pub webhook_id: String,
+    pub webhook_timestamp: i64,
+    pub webhook_signature: String,
+    pub attempt: u32,
+    pub address_role: &'static str,
+}
+
+/// What one attempt came to, for the attempt log and the chain.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+/// A keep-alive HTTP client shared by every delivery.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    attempt_timeout: Duration,
+    response_bytes_max: usize,
+    user_agent: HeaderValue,
+}
+
+impl HttpClient {
+    pub fn new(
+        connect_timeout: Duration,
+        attempt_timeout: Duration,
+        response_bytes_max: usize,
+    ) -> HttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let user_agent = HeaderValue::from_static(concat!("mailhook/", env!("CARGO_PKG_VERSION")));
+        HttpClient {
+            client,
+            attempt_timeout,
+            response_bytes_max,
+            user_agent,
+        }
+    }
+
+    /// POSTs `body` to `url`. Never fails: every problem becomes a failed result.
+    pub async fn post(&self, url: &str, body: Bytes, headers: &AttemptHeaders) -> AttemptResult {
+        let started = Instant::now();
+        let request = match self.request(url, body, headers) {
+            Ok(request) => request,
+            Err(error) => return failed(None, error, started.elapsed()),
+        };
+        match tokio::time::timeout(self.attempt_timeout, self.exchange(request)).await {
+            Ok(Ok((status, retry_after))) => classify(status, retry_after, started.elapsed()),
+            Ok(Err(error)) => failed(None, error, started.elapsed()),
+            Err(_) => failed(
+                None,
+                format!(
+                    "timed out after {} (delivery.attempt_timeout)",
+                    humantime_format(self.attempt_timeout)
+                ),
+                started.elapsed(),
+            ),
+        }
+    }
+
+    fn request(
+        &self,
+        url: &str,
+        body: Bytes,
+        h: &AttemptHeaders,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|err| format!("invalid address `{url}`: {err}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!("scheme of `{url}` is not supported yet: only http"));
+        }
+        Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, self.user_agent.clone())
+            .header("webhook-id", &h.webhook_id)
+            .header("webhook-timestamp", h.webhook_timestamp)
+            .header("webhook-signature", &h.webhook_signature)
+            .header("mailhook-attempt", h.attempt)
+            .header("mailhook-address", h.address_role)
+            .body(Full::new(body))
+            .map_err(|err| format!("cannot build request: {err}"))
+    }
+
+    /// Sends and reads the whole (bounded) response, so the connection can be reused.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Option<Duration>), String> {
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|err| describe_client_error(&err))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(parse_retry_after);
+        // A body over the limit is not an error of the receiver's answer: the status stands,
+        // the connection is just not reused.
+        let _ = Limited::new(response.into_body(), self.response_bytes_max)
+            .collect()
+            .await;
+        Ok((status, retry_after))
+    }
+}
+
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    duration: Duration,
+) -> AttemptResult {
+    let code = Some(status.as_u16());
+    if status.is_success() {
+        return AttemptResult {
+            outcome: Outcome::Delivered,
+            status: code,
+            error: None,
+            duration,
+        };
+    }
+    let error = if status.is_redirection() {
+        format!("receiver answered {status}; redirects are not followed")
+    } else if status == StatusCode::GONE {
+        format!(
+            "receiver answered {status}: the address does not take events, moving on without retries"
+        )
+    } else {
+        format!("receiver answered {status}")
+    };
+    let honours_retry_after = matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    );
+    AttemptResult {
+        outcome: Outcome::Failed {
+            retry_after: retry_after.filter(|_| honours_retry_after),
+            gone: status == StatusCode::GONE,
+        },
+        status: code,
+        error: Some(error),
+        duration,
+    }
+}
+
+fn failed(status: Option<u16>, error: String, duration: Duration) -> AttemptResult {
+    AttemptResult {
+        outcome: Outcome::FAILED,
+        status,
+        error: Some(error),
+        duration,
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The innermost cause of a client error: "connection refused" says more than "client error".
+fn describe_client_error(err: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    let mut message = if err.is_connect() {
+        "connect error".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = err.source();
+    let mut last = None;
+    while let Some(cause) = source {
+        last = Some(cause.to_string());
+        source = cause.source();
+    }
+    if let Some(last) = last {
+        message.push_str(": ");
+        message.push_str(&last);
+    }
+    message
+}
+
+fn humantime_format(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_statuses() {
+        let d = Duration::ZERO;
+        let cases = [
+            (200, None, Outcome::Delivered),
+            (204, None, Outcome::Delivered),
+            (302, None, Outcome::FAILED),
+            (500, Some(9), Outcome::FAILED),
+            (
+                410,
+                None,
+                Outcome::Failed {
+                    retry_after: None,
+                    gone: true,
+                },
+            ),
+            (
+                429,
+                Some(9),
+                Outcome::Failed {
+                    retry_after: Some(Duration::from_secs(9)),
+                    gone: false,
+                },
+            ),
+            (
+                503,
+                Some(3),
+                Outcome::Failed {
+                    retry_after: Some(Duration::from_secs(3)),
+                    gone: false,
+                },
+            ),
+        ];
+        for (code, after, expected) in cases {
+            let r = classify(
+                StatusCode::from_u16(code).unwrap(),
+                after.map(Duration::from_secs),
+                d,
+            );
+            assert_eq!(r.outcome, expected, "{code}");
+            assert_eq!(r.status, Some(code));
+            assert_eq!(r.error.is_none(), expected == Outcome::Delivered);
+        }
+    }
+
+    #[test]
+    fn parses_retry_after() {
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("120")),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+}

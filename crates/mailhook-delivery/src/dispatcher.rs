@@ -1,0 +1,460 @@
+//! The dispatcher: claims due events in batches, runs each through the failover chain with
+//! bounded concurrency, and writes every outcome back in batched completions.
+//!
+//! An event is worked on in memory only between two waits: an immediate move to the next
+//! address happens in the same task, while a retry after a backoff is written back to the
+//! store as `due_at`. So a restart resumes every event where it stood, and a long backoff
+//! holds no memory.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use mailhook_core::AccountId;
+use mailhook_core::breaker::{Breaker, BreakerPolicy, Transition};
+use mailhook_core::bus::WorkBus;
+use mailhook_core::chain::{ChainPos, Next, RetryPolicy, choose_address};
+use mailhook_core::filter;
+use mailhook_core::settings::Role;
+use mailhook_core::signature::signature_header;
+use mailhook_store::{AttemptRecord, Completion, EventState, Job, Store, StoredSettings};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::client::{AttemptHeaders, HttpClient};
+use crate::config::DeliveryConfig;
+use crate::settings_cache::SettingsCache;
+
+/// Wall-clock Unix milliseconds: the time base of everything persisted.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Completions buffered before the tasks producing them wait.
+const COMPLETIONS_QUEUED_MAX: usize = 4096;
+/// Completions written in one store call.
+const COMPLETIONS_PER_WRITE_MAX: usize = 1024;
+/// Pause after a store error before the next claim, so a sick store is not hammered.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+enum ToCompleter {
+    Done(Completion),
+    Flush(oneshot::Sender<()>),
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    config: DeliveryConfig,
+    retry: RetryPolicy,
+    breaker_policy: BreakerPolicy,
+    client: HttpClient,
+    settings: Arc<SettingsCache>,
+    bus: WorkBus,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    address_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    in_flight: Mutex<HashSet<i64>>,
+    completions: mpsc::Sender<ToCompleter>,
+}
+
+/// A running dispatcher. `shutdown` stops it; dropping it leaves it running until the
+/// runtime ends.
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    run: tokio::task::JoinHandle<JoinSet<()>>,
+    completer: tokio::task::JoinHandle<()>,
+}
+
+impl Dispatcher {
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: DeliveryConfig,
+        settings: Arc<SettingsCache>,
+        bus: WorkBus,
+    ) -> Dispatcher {
+        let (completions, completions_rx) = mpsc::channel(COMPLETIONS_QUEUED_MAX);
+        let client = HttpClient::new(
+            config.connect_timeout,
+            config.attempt_timeout,
+            config.response_bytes_max,
+        );
+        let inner = Arc::new(Inner {
+            store,
+            retry: config.retry_policy(),
+            breaker_policy: config.breaker_policy(),
+            config,
+            client,
+            settings,
+            bus,
+            breakers: Mutex::new(HashMap::new()),
+            address_slots: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            completions,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let completer = tokio::spawn(run_completer(
+            inner.store.clone(),
+            inner.bus.clone(),
+            completions_rx,
+        ));
+        let run = tokio::spawn(run_claims(inner.clone(), stopped));
+        Dispatcher {
+            inner,
+            stop,
+            run,
+            completer,
+        }
+    }
+
+    /// Whether the circuit of `url` is open now (for tests and the console).
+    pub fn circuit_open(&self, url: &str) -> bool {
+        lock(&self.inner.breakers)
+            .get(url)
+            .is_some_and(Breaker::is_open)
+    }
+
+    /// Stops claiming, lets in-flight deliveries finish for up to `grace`, then abandons the
+    /// rest and releases them in the store (they are due again at once on the next start),
+    /// and writes every outcome before returning.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let mut tasks = match self.run.await {
+            Ok(tasks) => tasks,
+            Err(err) => {
+                tracing::error!(error = %err, "dispatcher loop ended abnormally");
+                JoinSet::new()
+            }
+        };
+        let finished =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tasks.shutdown().await;
+        }
+        let (flushed, flushed_rx) = oneshot::channel();
+        if self
+            .inner
+            .completions
+            .send(ToCompleter::Flush(flushed))
+            .await
+            .is_ok()
+        {
+            let _ = flushed_rx.await;
+        }
+        let abandoned: Vec<i64> = lock(&self.inner.in_flight).drain().collect();
+        if !abandoned.is_empty() {
+            tracing::info!(
+                events = abandoned.len(),
+                "releasing deliveries still in flight at shutdown"
+            );
+            if let Err(err) = self.inner.store.release(abandoned).await {
+                tracing::warn!(error = %err, "cannot release in-flight events; they are due again when their lease ends");
+            }
+        }
+        drop(self.inner);
+        self.completer.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a map update that cannot be left half done.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Claims due work while there is room, and sleeps until the next due time, a ring of the
+/// bus, or `idle_poll`, whichever comes first. Returns the tasks still running at stop.
+async fn run_claims(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    let lease_ms = inner.config.lease.as_millis() as i64;
+    loop {
+        while tasks.try_join_next().is_some() {}
+        if *stopped.borrow() {
+            return tasks;
+        }
+        let room = inner.config.concurrency.saturating_sub(tasks.len());
+        if room == 0 {
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+        let asked = room.min(inner.config.claim_batch_max);
+        let now = now_ms();
+        let jobs = match inner.store.claim_due(now, asked, lease_ms).await {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot claim due events; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(STORE_ERROR_PAUSE) => {}
+                    _ = stopped.changed() => {}
+                }
+                continue;
+            }
+        };
+        let claimed = jobs.len();
+        for job in jobs {
+            lock(&inner.in_flight).insert(job.id);
+            tasks.spawn(deliver(inner.clone(), job));
+        }
+        if claimed == asked {
+            continue;
+        }
+        let wait = match inner.store.next_due_at().await {
+            Ok(Some(due)) => {
+                Duration::from_millis((due - now_ms()).max(0) as u64).min(inner.config.idle_poll)
+            }
+            Ok(None) => inner.config.idle_poll,
+            Err(_) => STORE_ERROR_PAUSE,
+        };
+        if wait.is_zero() && claimed > 0 {
+            continue;
+        }
+        tokio::select! {
+            _ = inner.bus.rung() => {}
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+            _ = stopped.changed() => {}
+        }
+    }
+}
+
+/// Runs one claimed event as far as it goes now, then hands its completion to the writer.
+async fn deliver(inner: Arc<Inner>, job: Job) {
+    let id = job.id;
+    let completion = run_chain(&inner, job).await;
+    if inner
+        .completions
+        .send(ToCompleter::Done(completion))
+        .await
+        .is_ok()
+    {
+        lock(&inner.in_flight).remove(&id);
+    }
+}
+
+async fn run_chain(inner: &Inner, job: Job) -> Completion {
+    let mut done = Completion {
+        id: job.id,
+        state: EventState::Pending,
+        pos: job.pos,
+        due_at_ms: None,
+        attempts: Vec::new(),
+        detail: None,
+        delivered_to: None,
+    };
+    let settings = match AccountId::parse(&job.account) {
+        Ok(account) => inner.settings.get(&account).await,
+        Err(message) => {
+            done.state = EventState::Dead;
+            done.detail = Some(format!("stored account is invalid: {message}"));
+            return done;
+        }
+    };
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(err) => {
+            tracing::warn!(error = %err, account = %job.account, "cannot read settings; will retry");
+            done.due_at_ms = Some(now_ms() + STORE_ERROR_PAUSE.as_millis() as i64);
+            return done;
+        }
+    };
+    if let Err(reason) = filter::decide(
+        settings.as_ref().map(|s| &s.settings),
+        job.event_type,
+        job.test,
+    ) {
+        tracing::debug!(account = %job.account, event_id = %job.event_id, reason = %reason.message(), "skipped");
+        done.state = EventState::Skipped;
+        done.detail = Some(reason.message());
+        return done;
+    }
+    let Some(settings) = settings else {
+        unreachable!("decide passes only with settings")
+    };
+    let addresses = settings.settings.addresses.len();
+    let mut pos = job.pos;
+    if pos.address >= addresses {
+        // The account has fewer addresses than when this event last stood here.
+        pos = ChainPos {
+            address: addresses - 1,
+            tries: 0,
+            round: pos.round,
+        };
+    }
+    let body = Bytes::from_owner(job.body.clone());
+    let mut number = job.attempts;
+    loop {
+        let now = now_ms();
+        let urls = &settings.settings.addresses;
+        let chosen = {
+            let mut breakers = lock(&inner.breakers);
+            choose_address(pos.address, addresses, |i| {
+                breakers
+                    .entry(urls[i].as_str().to_owned())
+                    .or_default()
+                    .allow(&inner.breaker_policy, now)
+            })
+        };
+        let next = match chosen {
+            None => inner.retry.next_address(
+                ChainPos {
+                    address: addresses - 1,
+                    ..pos
+                },
+                addresses,
+            ),
+            Some(index) => {
+                if index != pos.address {
+                    pos = ChainPos {
+                        address: index,
+                        tries: 0,
+                        round: pos.round,
+                    };
+                }
+                number += 1;
+                let record = attempt(inner, &job, &settings, index, number, body.clone()).await;
+                let outcome = record.1;
+                done.detail = record.0.error.clone();
+                done.attempts.push(record.0);
+                inner.retry.after_attempt(pos, addresses, outcome)
+            }
+        };
+        match next {
+            Next::Delivered => {
+                done.state = EventState::Delivered;
+                done.delivered_to = Some(Role::of_index(pos.address));
+                done.detail = None;
+                done.pos = pos;
+                return done;
+            }
+            Next::Attempt { pos: at, delay } if delay.is_zero() => pos = at,
+            Next::Attempt { pos: at, delay } => {
+                done.pos = at;
+                done.due_at_ms = Some(now_ms() + delay.as_millis() as i64);
+                return done;
+            }
+            Next::ChainFailed { pos: at, retry_in } => {
+                tracing::warn!(
+                    account = %job.account, event_id = %job.event_id, round = pos.round,
+                    error = done.detail.as_deref().unwrap_or("every address skipped"),
+                    retry_in = %humantime_serde::re::humantime::format_duration(retry_in),
+                    "every address failed; event is failed and will be retried"
+                );
+                done.state = EventState::Failed;
+                done.pos = at;
+                done.due_at_ms = Some(now_ms() + retry_in.as_millis() as i64);
+                return done;
+            }
+            Next::Dead => {
+                tracing::warn!(
+                    account = %job.account, event_id = %job.event_id,
+                    error = done.detail.as_deref().unwrap_or("every address skipped"),
+                    "every address failed and no recovery round is left; event is dead (replayable)"
+                );
+                done.state = EventState::Dead;
+                done.pos = pos;
+                return done;
+            }
+        }
+    }
+}
+
+/// One signed POST to address `index`, within that address's in-flight limit; records the
+/// result in the address's circuit breaker.
+async fn attempt(
+    inner: &Inner,
+    job: &Job,
+    settings: &StoredSettings,
+    index: usize,
+    number: u32,
+    body: Bytes,
+) -> (AttemptRecord, mailhook_core::chain::Outcome) {
+    let url = settings.settings.addresses[index].as_str();
+    let role = Role::of_index(index);
+    let slots = lock(&inner.address_slots)
+        .entry(url.to_owned())
+        .or_insert_with(|| Arc::new(Semaphore::new(inner.config.in_flight_per_address_max)))
+        .clone();
+    let _slot = slots.acquire_owned().await;
+    let at_ms = now_ms();
+    let timestamp = at_ms / 1000;
+    let headers = AttemptHeaders {
+        webhook_id: job.event_id.clone(),
+        webhook_timestamp: timestamp,
+        webhook_signature: signature_header(
+            settings.signing_secrets(at_ms),
+            &job.event_id,
+            timestamp,
+            &body,
+        ),
+        attempt: number,
+        address_role: role.as_str(),
+    };
+    let result = inner.client.post(url, body, &headers).await;
+    let success = result.error.is_none();
+    let transition = lock(&inner.breakers)
+        .entry(url.to_owned())
+        .or_default()
+        .record(&inner.breaker_policy, success, now_ms());
+    match transition {
+        Some(Transition::Opened) => {
+            tracing::warn!(account = %job.account, address = role.as_str(), "circuit opened: address skipped until it recovers")
+        }
+        Some(Transition::Closed) => {
+            tracing::info!(account = %job.account, address = role.as_str(), "circuit closed: address recovered")
+        }
+        None => {}
+    }
+    tracing::debug!(
+        account = %job.account, event_id = %job.event_id, address = role.as_str(), attempt = number,
+        status = result.status, error = result.error.as_deref(), "attempt"
+    );
+    let record = AttemptRecord {
+        number,
+        role,
+        url: url.to_owned(),
+        status: result.status,
+        error: result.error,
+        duration_ms: result.duration.as_millis() as u64,
+        at_ms,
+    };
+    (record, result.outcome)
+}
+
+/// Writes completions in batches; rings the bus so retries that came due are seen at once.
+async fn run_completer(store: Arc<dyn Store>, bus: WorkBus, mut rx: mpsc::Receiver<ToCompleter>) {
+    let mut batch = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                ToCompleter::Done(completion) => batch.push(completion),
+                ToCompleter::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < COMPLETIONS_PER_WRITE_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let rescheduled = batch.iter().any(|c| c.due_at_ms.is_some());
+            let count = batch.len();
+            if let Err(err) = store.complete(std::mem::take(&mut batch)).await {
+                tracing::error!(
+                    error = %err, events = count,
+                    "cannot record delivery outcomes; these events will be delivered again when their lease ends"
+                );
+            } else if rescheduled {
+                bus.ring();
+            }
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The HTTP API: routing, intake, webhook settings, message lookup, failures and replay,
+//! health and readiness. Handlers validate at the edge and leave the rules to the core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use mailhook_core::event::{IntakeLimits, parse_intake};
+use mailhook_core::settings::validate_settings;
+use mailhook_core::signature::{SECRET_BYTES, Secret};
+use mailhook_core::time::format_rfc3339_ms;
+use mailhook_core::{AccountId, EventId, FieldError, IntakeError};
+use mailhook_delivery::{SettingsCache, now_ms};
+use mailhook_store::{EventRecord, Store, StoredSettings, new_event};
+use serde_json::{Value, json};
+
+use crate::auth::{Scope, Tokens};
+use crate::response::{ApiError, Body, json};
+
+/// The API's own settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub tokens: Tokens,
+    /// Largest request body accepted (413 above).
+    pub body_bytes_max: usize,
+    /// Most events in one intake batch (400 above).
+    pub batch_events_max: usize,
+    /// How long a rotated-out secret keeps signing.
+    pub secret_grace: Duration,
+    /// Most failures listed in one call.
+    pub failures_limit_max: usize,
+}
+
+pub struct Api {
+    pub config: ApiConfig,
+    pub store: Arc<dyn Store>,
+    pub settings: Arc<SettingsCache>,
+    pub bus: mailhook_core::bus::WorkBus,
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+impl Api {
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        match self.route(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                if err.status.is_server_error() {
+                    tracing::warn!(%method, %path, status = err.status.as_u16(), error = %err.message, "request failed");
+                } else {
+                    tracing::debug!(%method, %path, status = err.status.as_u16(), error = %err.message, "request refused");
+                }
+                err.into_response()
+            }
+        }
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<Body>> {
+        let path = request.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = request.method().clone();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => Ok(json(StatusCode::OK, &json!({"status": "ok"}))),
+            (&Method::GET, ["readyz"]) => self.readyz().await,
+            (&Method::POST, ["v1", "events"]) => {
+                self.config.tokens.check(request.headers(), Scope::Intake)?;
+                self.intake(request).await
+            }
+            (_, ["v1", "events"]) => Err(method_not_allowed("POST")),
+            (_, ["v1", ..]) => {
+                self.config.tokens.check(request.headers(), Scope::Admin)?;
+                self.admin(request, &method, &segments).await
+            }
+            _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
+        }
+    }
+
+    async fn admin(
+        &self,
+        request: Request<Incoming>,
+        method: &Method,
+        segments: &[&str],
+    ) -> Result<Response<Body>> {
+        match (method, segments) {
+            (&Method::GET, ["v1", "accounts", account, "webhook"]) => {
+                self.get_webhook(&account_id(account)?).await
+            }
+            (&Method::PUT, ["v1", "accounts", account, "webhook"]) => {
+                let account = account_id(account)?;
+                let body = self.json_body(request).await?;
+                self.put_webhook(&account, &body).await
+            }
+            (&Method::POST, ["v1", "accounts", account, "webhook", "secret", "rotate"]) => {
+                self.rotate_secret(&account_id(account)?).await
+            }
+            (&Method::GET, ["v1", "accounts", account, "failures"]) => {
+                let account = account_id(account)?;
+                let limit = query_param(&request, "limit")
+                    .map(|v| {
+                        v.parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=self.config.failures_limit_max).contains(n))
+                            .ok_or_else(|| {
+                                field_error(
+                                    StatusCode::BAD_REQUEST,
+                                    "limit",
+                                    format!(
+                                        "limit `{v}` must be a whole number from 1 to {}",
+                                        self.config.failures_limit_max
+                                    ),
+                                )
+                            })
+                    })
+                    .transpose()?
+                    .unwrap_or(100);
+                self.failures(&account, limit).await
+            }
+            (&Method::POST, ["v1", "accounts", account, "failures", "replay"]) => {
+                let account = account_id(account)?;
+                let body = self.json_body_or_empty(request).await?;
+                self.replay(&account, &body).await
+            }
+            (&Method::GET, ["v1", "messages", msg_id]) => {
+                let msg_id = percent_decode(msg_id, "msg_id")?;
+                let account = match query_param(&request, "account") {
+                    Some(a) => account_id(&a)?,
+                    None => AccountId::default_account(),
+                };
+                self.message(&account, &msg_id).await
+            }
+            _ => Err(ApiError::not_found(format!(
+                "no such endpoint: {} {}",
+                method,
+                request.uri().path()
+            ))),
+        }
+    }
+
+    async fn readyz(&self) -> Result<Response<Body>> {
+        match self.store.ping().await {
+            Ok(()) => Ok(json(StatusCode::OK, &json!({"status": "ready"}))),
+            Err(err) => {
+                tracing::warn!(error = %err, "not ready: store unreachable");
+                Err(ApiError::unavailable(format!("not ready: {err}")))
+            }
+        }
+    }
+
+    async fn intake(&self, request: Request<Incoming>) -> Result<Response<Body>> {
+        require_json(&request)?;
+        let body = self.read_body(request).await?;
+        let limits = IntakeLimits {
+            batch_events_max: self.config.batch_events_max,
+        };
+        let mut new_id = || {
+            EventId::parse(&uuid::Uuid::now_v7().to_string())
+                .unwrap_or_else(|_| unreachable!("a UUID is a valid event id"))
+        };
+        let events =
+            parse_intake(&body, limits, now_ms(), &mut new_id).map_err(|err| match err {
+                IntakeError::Invalid(details) => ApiError::bad_request(format!(
+                    "{} invalid field(s); nothing was stored",
+                    details.len()
+                ))
+                .with_details(details),
+                other => ApiError::bad_request(other.to_string()),
+            })?;
+        let outcome = self
+            .store
+            .insert_events(events.into_iter().map(new_event).collect())
+            .await?;
+        if outcome.accepted > 0 {
+            self.bus.ring();
+        }
+        Ok(json(
+            StatusCode::ACCEPTED,
+            &json!({"accepted": outcome.accepted, "duplicates": outcome.duplicates, "event_ids": outcome.event_ids}),
+        ))
+    }
+
+    async fn get_webhook(&self, account: &AccountId) -> Result<Response<Body>> {
+        let stored = self.store.get_settings(account).await?;
+        Ok(json(StatusCode::OK, &settings_json(stored.as_ref())))
+    }
+
+    async fn put_webhook(&self, account: &AccountId, body: &Value) -> Result<Response<Body>> {
+        let settings = validate_settings(body).map_err(|details| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid webhook settings; nothing was saved",
+            )
+            .with_details(details)
+        })?;
+        let stored = self
+            .store
+            .put_settings(account, settings, new_secret()?, now_ms())
+            .await?;
+        self.settings.invalidate(account);
+        tracing::info!(%account, enabled = stored.settings.enabled, addresses = stored.settings.addresses.len(), "webhook settings saved");
+        Ok(json(StatusCode::OK, &settings_json(Some(&stored))))
+    }
+
+    async fn rotate_secret(&self, account: &AccountId) -> Result<Response<Body>> {
+        let now = now_ms();
+        let grace_until = now + self.config.secret_grace.as_millis() as i64;
+        let stored = self
+            .store
+            .rotate_secret(account, new_secret()?, grace_until, now)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "account `{account}` has no webhook settings yet; save them first"
+                ))
+            })?;
+        self.settings.invalidate(account);
+        tracing::info!(%account, "webhook secret rotated");
+        Ok(json(
+            StatusCode::OK,
+            &json!({"secret": stored.secret.expose(), "previous_secret_expires_at": format_rfc3339_ms(grace_until)}),
+        ))
+    }
+
+    async fn message(&self, account: &AccountId, msg_id: &str) -> Result<Response<Body>> {
+        let events = self.store.message(account, msg_id).await?;
+        if events.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no events with msg_id `{msg_id}` for account `{account}`"
+            )));
+        }
+        let events: Vec<Value> = events.iter().map(event_json).collect();
+        Ok(json(
+            StatusCode::OK,
+            &json!({"msg_id": msg_id, "account": account, "events": events}),
+        ))
+    }
+
+    async fn failures(&self, account: &AccountId, limit: usize) -> Result<Response<Body>> {
+        let events = self.store.failures(account, limit).await?;
+        let events: Vec<Value> = events.iter().map(event_json).collect();
+        Ok(json(
+            StatusCode::OK,
+            &json!({"account": account, "events": events}),
+        ))
+    }
+
+    async fn replay(&self, account: &AccountId, body: &Value) -> Result<Response<Body>> {
+        let Value::Object(fields) = body else {
+            return Err(field_error(
+                StatusCode::BAD_REQUEST,
+                "",
+                "body must be an object: {\"event_ids\": [...]} or {}".into(),
+            ));
+        };
+        if let Some(key) = fields.keys().find(|k| k.as_str() != "event_ids") {
+            return Err(field_error(
+                StatusCode::BAD_REQUEST,
+                key,
+                format!("unknown field `{key}`; allowed: event_ids"),
+            ));
+        }
+        let ids = match fields.get("event_ids") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_str().map(str::to_owned).ok_or_else(|| {
+                            field_error(
+                                StatusCode::BAD_REQUEST,
+                                &format!("event_ids[{i}]"),
+                                "event id must be a string".into(),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Some(_) => {
+                return Err(field_error(
+                    StatusCode::BAD_REQUEST,
+                    "event_ids",
+                    "event_ids must be an array of strings".into(),
+                ));
+            }
+        };
+        let replayed = self.store.replay(account, ids, now_ms()).await?;
+        if !replayed.is_empty() {
+            self.bus.ring();
+        }
+        tracing::info!(%account, events = replayed.len(), "failures queued for replay");
+        Ok(json(
+            StatusCode::OK,
+            &json!({"replayed": replayed.len(), "event_ids": replayed}),
+        ))
+    }
+
+    /// Reads a body within `body_bytes_max`: 413 above it, before reading when the length
+    /// is announced.
+    async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes> {
+        let max = self.config.body_bytes_max;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {max} bytes (limits.body_bytes_max)"),
+            )
+        };
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        match Limited::new(request.into_body(), max).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(err) => Err(ApiError::bad_request(format!(
+                "cannot read request body: {err}"
+            ))),
+        }
+    }
+
+    async fn json_body(&self, request: Request<Incoming>) -> Result<Value> {
+        require_json(&request)?;
+        let body = self.read_body(request).await?;
+        serde_json::from_slice(&body)
+            .map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")))
+    }
+
+    async fn json_body_or_empty(&self, request: Request<Incoming>) -> Result<Value> {
+        let announced_empty = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+        if announced_empty || !request.headers().contains_key(header::CONTENT_TYPE) {
+            let body = self.read_body(request).await?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(json!({}));
+            }
+            return serde_json::from_slice(&body)
+                .map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")));
+        }
+        self.json_body(request).await
+    }
+}
+
+fn method_not_allowed(allowed: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed here; use {allowed}"),
+    )
+}
+
+fn field_error(status: StatusCode, field: &str, message: String) -> ApiError {
+    ApiError::new(status, message.clone()).with_details(vec![FieldError::new(field, message)])
+}
+
+fn require_json(request: &Request<Incoming>) -> Result<()> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content-type must be application/json, got `{}`",
+                if content_type.is_empty() {
+                    "(none)"
+                } else {
+                    content_type
+                }
+            ),
+        ))
+    }
+}
+
+fn account_id(segment: &str) -> Result<AccountId> {
+    let text = percent_decode(segment, "account")?;
+    AccountId::parse(&text)
+        .map_err(|message| field_error(StatusCode::BAD_REQUEST, "account", message))
+}
+
+fn percent_decode(segment: &str, field: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            field_error(
+                StatusCode::BAD_REQUEST,
+                field,
+                format!("{field} is not valid UTF-8 once percent-decoded"),
+            )
+        })
+}
+
+fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+    let query = request.uri().query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A fresh secret from the OS's secure random source.
+fn new_secret() -> Result<Secret> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes).map_err(|err| {
+        tracing::error!(error = %err, "the OS random source failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot generate a secret now",
+        )
+    })?;
+    Ok(Secret::from_bytes(bytes))
+}
+
+fn settings_json(stored: Option<&StoredSettings>) -> Value {
+    match stored {
+        None => {
+            json!({"enabled": false, "addresses": [], "events": [], "secret": null, "updated_at": null})
+        }
+        Some(s) => json!({
+            "enabled": s.settings.enabled,
+            "addresses": s.settings.addresses,
+            "events": s.settings.events,
+            "secret": s.secret.expose(),
+            "updated_at": format_rfc3339_ms(s.updated_at_ms),
+        }),
+    }
+}
+
+fn event_json(e: &EventRecord) -> Value {
+    let attempts: Vec<Value> = e
+        .attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "number": a.number,
+                "address": a.role.as_str(),
+                "url": a.url,
+                "status": a.status,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+                "at": format_rfc3339_ms(a.at_ms),
+            })
+        })
+        .collect();
+    let state = e.state.as_str();
+    json!({
+        "event_id": e.event_id,
+        "type": e.event_type,
+        "msg_id": e.msg_id,
+        "timestamp": format_rfc3339_ms(e.timestamp_ms),
+        "accepted_at": format_rfc3339_ms(e.accepted_at_ms),
+        "test": e.test,
+        "state": state,
+        "delivered_to": e.delivered_to.map(|r| r.as_str()),
+        "reason": if state == "skipped" { e.detail.as_deref() } else { None },
+        "last_error": if state != "skipped" { e.detail.as_deref() } else { None },
+        "next_attempt_at": e.due_at_ms.map(format_rfc3339_ms),
+        "round": e.round,
+        "attempts": attempts,
+    })
+}

@@ -1,0 +1,369 @@
+//! The gateway's configuration: built-in defaults, then the TOML file, then `MAILHOOK_...`
+//! environment variables (`__` for nesting), loaded with figment. Unknown keys are errors
+//! that name the key. `config/mailhook.toml` is the commented reference of every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use mailhook_delivery::DeliveryConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded store, the generated tokens and the lock file live.
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub delivery: DeliveryConfig,
+    pub security: SecurityConfig,
+    pub signing: SigningConfig,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    /// Webhook settings saved at start (overwriting what the API saved for these accounts).
+    pub accounts: Vec<AccountSeed>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            delivery: DeliveryConfig::default(),
+            security: SecurityConfig::default(),
+            signing: SigningConfig::default(),
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+            accounts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH`; empty means `sqlite://<data_dir>/mailhook.db`.
+    pub url: String,
+    /// Most events written in one group-commit transaction.
+    pub events_per_commit_max: usize,
+    /// Write requests queued for the writer before intake waits (back-pressure).
+    pub write_queue_max: usize,
+    /// Read-only connections for lookups.
+    pub read_connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        let sqlite = mailhook_store::sqlite::SqliteOptions::default();
+        StoreConfig {
+            url: String::new(),
+            events_per_commit_max: sqlite.events_per_commit_max,
+            write_queue_max: sqlite.write_queue_max,
+            read_connections: sqlite.read_connections,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Tokens accepted on `POST /v1/events`. Empty: one is generated on first start, kept in
+    /// `data_dir/intake_token` and printed once.
+    pub intake_tokens: Vec<String>,
+    /// Tokens accepted on the admin API. Empty: generated like the intake token.
+    pub admin_tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Allow pushes to loopback, private and link-local addresses. Reserved for the SSRF
+    /// guard; see the README's security section for what is enforced today.
+    pub allow_private_addresses: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// After `secret/rotate`, the old secret keeps signing alongside the new one this long.
+    #[serde(with = "humantime_serde")]
+    pub secret_rotation_grace: Duration,
+}
+
+impl Default for SigningConfig {
+    fn default() -> SigningConfig {
+        SigningConfig {
+            secret_rotation_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body, in bytes (413 above).
+    pub body_bytes_max: usize,
+    /// Most events in one intake batch (400 above).
+    pub batch_events_max: usize,
+    /// Most failures listed by one `GET .../failures` (`limit` above it is a 400).
+    pub failures_limit_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            body_bytes_max: 8 * 1024 * 1024,
+            batch_events_max: 1000,
+            failures_limit_max: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM: how long open requests and in-flight deliveries may finish before the
+    /// rest are released (they are delivered after the next start).
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> ShutdownConfig {
+        ShutdownConfig {
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `mailhook=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".to_owned(),
+            format: "text".to_owned(),
+        }
+    }
+}
+
+/// Webhook settings for one account, as in `PUT /v1/accounts/{id}/webhook`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSeed {
+    pub id: String,
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// Where the store lives, parsed from `store.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+}
+
+impl Config {
+    /// Loads defaults, then `file` (when given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(format!(
+                    "config file `{}` does not exist or is not a file",
+                    file.display()
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // MAILHOOK_CONFIG names the file itself; it is not a key.
+        figment = figment.merge(Env::prefixed("MAILHOOK_").ignore(&["config"]).split("__"));
+        Config::from_figment(&figment)
+    }
+
+    pub fn from_figment(figment: &Figment) -> Result<Config, String> {
+        let config: Config = figment.extract().map_err(|err| {
+            err.into_iter()
+                .map(|e| format!("config error: {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.delivery.validate()?;
+        self.store_location()?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log.format = `{}` must be `text` or `json`",
+                self.log.format
+            ));
+        }
+        let limits = &self.limits;
+        if limits.body_bytes_max < 1024 {
+            return Err(format!(
+                "limits.body_bytes_max = {} must be at least 1024",
+                limits.body_bytes_max
+            ));
+        }
+        if !(1..=100_000).contains(&limits.batch_events_max) {
+            return Err(format!(
+                "limits.batch_events_max = {} must be from 1 to 100000",
+                limits.batch_events_max
+            ));
+        }
+        if limits.failures_limit_max == 0 {
+            return Err("limits.failures_limit_max must be at least 1".to_owned());
+        }
+        if self.store.events_per_commit_max == 0
+            || self.store.write_queue_max == 0
+            || self.store.read_connections == 0
+        {
+            return Err("store.events_per_commit_max, store.write_queue_max and store.read_connections must be at least 1".to_owned());
+        }
+        for (i, token) in self
+            .auth
+            .intake_tokens
+            .iter()
+            .chain(&self.auth.admin_tokens)
+            .enumerate()
+        {
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "auth token #{} is too weak: tokens need at least 16 visible ASCII characters",
+                    i + 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store_location(&self) -> Result<StoreLocation, String> {
+        let url = self.store.url.trim();
+        if url.is_empty() {
+            return Ok(StoreLocation::Sqlite(self.data_dir.join("mailhook.db")));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(
+                    "store.url `sqlite://` needs a file path, e.g. sqlite://./data/mailhook.db"
+                        .to_owned(),
+                );
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(
+                "store.url: PostgreSQL is not supported by this build yet; use sqlite://"
+                    .to_owned(),
+            );
+        }
+        Err(format!(
+            "store.url `{url}` is not understood: use sqlite://PATH"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn layers_file_then_env_and_names_unknown_keys() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "m.toml",
+                r#"
+                listen = "127.0.0.1:9000"
+                [delivery]
+                retry_backoff = ["10ms", "20ms"]
+                attempt_timeout = "2s"
+                "#,
+            )?;
+            jail.set_env("MAILHOOK_DELIVERY__ATTEMPT_TIMEOUT", "5s");
+            jail.set_env("MAILHOOK_CONFIG", "m.toml");
+            let config = Config::load(Some(Path::new("m.toml"))).expect("loads");
+            assert_eq!(config.listen.port(), 9000);
+            assert_eq!(
+                config.delivery.retry_backoff,
+                vec![Duration::from_millis(10), Duration::from_millis(20)]
+            );
+            assert_eq!(config.delivery.attempt_timeout, Duration::from_secs(5));
+
+            jail.create_file("bad.toml", "[delivery]\nretries = 3\n")?;
+            let err = Config::load(Some(Path::new("bad.toml"))).unwrap_err();
+            assert!(err.contains("retries"), "{err}");
+            jail.create_file("bad2.toml", "[delivery]\nretry_after_max = \"soon\"\n")?;
+            let err = Config::load(Some(Path::new("bad2.toml"))).unwrap_err();
+            assert!(
+                err.contains("retry_after_max") && err.contains("soon"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    /// Every key of the config struct must appear in the commented reference, and the
+    /// reference must load as it is.
+    #[test]
+    fn reference_file_lists_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mailhook.toml");
+        let text = std::fs::read_to_string(&path).expect("config/mailhook.toml exists");
+        let reference: toml::Table = toml::from_str(&text).expect("reference parses as TOML");
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(&text));
+        Config::from_figment(&figment).expect("reference loads as a config");
+
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        let mut missing = Vec::new();
+        collect_missing(&defaults, &reference, "", &text, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "keys missing from config/mailhook.toml: {missing:?}"
+        );
+    }
+
+    fn collect_missing(
+        defaults: &toml::Table,
+        reference: &toml::Table,
+        prefix: &str,
+        text: &str,
+        missing: &mut Vec<String>,
+    ) {
+        for (key, value) in defaults {
+            let path = format!("{prefix}{key}");
+            match (value, reference.get(key)) {
+                (toml::Value::Table(inner), Some(toml::Value::Table(reference_inner))) => {
+                    collect_missing(inner, reference_inner, &format!("{path}."), text, missing)
+                }
+                // Arrays of tables (accounts) are documented as a commented example.
+                (toml::Value::Array(_), None) if text.contains(&format!("[[{path}]]")) => {}
+                (_, None) => missing.push(path),
+                _ => {}
+            }
+        }
+    }
+}

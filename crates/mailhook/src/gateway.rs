@@ -1,0 +1,236 @@
+//! Wiring: opens the store, seeds accounts, starts the dispatcher and the HTTP server, and
+//! takes them down in the order that loses nothing.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mailhook_core::AccountId;
+use mailhook_core::bus::WorkBus;
+use mailhook_core::settings::validate_settings;
+use mailhook_core::signature::{SECRET_BYTES, Secret};
+use mailhook_delivery::{Dispatcher, SettingsCache, now_ms};
+use mailhook_server::{Api, ApiConfig, Server, Tokens};
+use mailhook_store::Store;
+use mailhook_store::sqlite::{SqliteOptions, SqliteStore};
+use serde_json::json;
+
+use crate::config::{Config, StoreLocation};
+
+/// A running gateway.
+pub struct Gateway {
+    server: Server,
+    dispatcher: Dispatcher,
+    store: Arc<dyn Store>,
+    tokens: Tokens,
+    grace: std::time::Duration,
+    _lock: File,
+}
+
+impl Gateway {
+    /// Starts everything on `config`. Binds `config.listen` (port 0 picks a free one).
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+        Gateway::start_on(config, listener).await
+    }
+
+    pub async fn start_on(
+        config: Config,
+        listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<Gateway> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir `{}`", config.data_dir.display()))?;
+        let lock = lock_data_dir(&config.data_dir)?;
+        let tokens = Tokens {
+            intake: tokens_or_generated(&config.auth.intake_tokens, &config.data_dir, "intake")?,
+            admin: tokens_or_generated(&config.auth.admin_tokens, &config.data_dir, "admin")?,
+        };
+
+        let store: Arc<dyn Store> = match config.store_location().map_err(anyhow::Error::msg)? {
+            StoreLocation::Sqlite(path) => {
+                let options = SqliteOptions {
+                    events_per_commit_max: config.store.events_per_commit_max,
+                    write_queue_max: config.store.write_queue_max,
+                    read_connections: config.store.read_connections,
+                };
+                let store = SqliteStore::open(&path, options).with_context(|| {
+                    format!("cannot open the SQLite store `{}`", path.display())
+                })?;
+                tracing::info!(path = %path.display(), "store: embedded SQLite");
+                Arc::new(store)
+            }
+        };
+        seed_accounts(&config, store.as_ref()).await?;
+
+        let bus = WorkBus::new();
+        let settings = Arc::new(SettingsCache::new(
+            store.clone(),
+            config.delivery.settings_ttl,
+        ));
+        let dispatcher = Dispatcher::start(
+            store.clone(),
+            config.delivery.clone(),
+            settings.clone(),
+            bus.clone(),
+        );
+        let api = Arc::new(Api {
+            config: ApiConfig {
+                tokens: tokens.clone(),
+                body_bytes_max: config.limits.body_bytes_max,
+                batch_events_max: config.limits.batch_events_max,
+                secret_grace: config.signing.secret_rotation_grace,
+                failures_limit_max: config.limits.failures_limit_max,
+            },
+            store: store.clone(),
+            settings,
+            bus,
+        });
+        let server = Server::start(listener, api, config.shutdown.grace)?;
+        tracing::info!(listen = %server.local_addr(), "mailhook is up");
+        Ok(Gateway {
+            server,
+            dispatcher,
+            store,
+            tokens,
+            grace: config.shutdown.grace,
+            _lock: lock,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The first intake token (for tests and tools started with the gateway).
+    pub fn intake_token(&self) -> &str {
+        &self.tokens.intake[0]
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.tokens.admin[0]
+    }
+
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// Stops taking requests (open ones finish), lets deliveries finish or releases them,
+    /// then flushes and closes the store.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: no new requests");
+        self.server.shutdown().await;
+        self.dispatcher.shutdown(self.grace).await;
+        if let Err(err) = self.store.close().await {
+            tracing::warn!(error = %err, "store did not close cleanly");
+        }
+        tracing::info!("shut down");
+    }
+}
+
+/// Holds an exclusive lock on the data directory, so two gateways never share one store.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let path = data_dir.join("mailhook.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file `{}`", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "data_dir `{}` is in use by another mailhook process (lock file {})",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(err)) => {
+            Err(err).context(format!("cannot lock `{}`", path.display()))
+        }
+    }
+}
+
+/// The configured tokens, or the one kept in `data_dir/<kind>_token`, generated and printed
+/// once on first start.
+fn tokens_or_generated(
+    configured: &[String],
+    data_dir: &Path,
+    kind: &str,
+) -> anyhow::Result<Vec<String>> {
+    if !configured.is_empty() {
+        return Ok(configured.to_vec());
+    }
+    let path: PathBuf = data_dir.join(format!("{kind}_token"));
+    if path.exists() {
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let token = token.trim().to_owned();
+        if token.len() < 16 {
+            bail!(
+                "`{}` holds no usable token; delete it to generate a new one",
+                path.display()
+            );
+        }
+        return Ok(vec![token]);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("OS random source failed: {err}"))?;
+    let token = format!("mh_{kind}_{}", URL_SAFE_NO_PAD.encode(bytes));
+    write_private(&path, &token)?;
+    // Printed once, on purpose, to the terminal and not the log: this is how the operator
+    // learns it. It stays readable in the file, which only the owner may read.
+    println!(
+        "mailhook: generated {kind} token (kept in {}): {token}",
+        path.display()
+    );
+    Ok(vec![token])
+}
+
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = File::options();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create `{}`", path.display()))?;
+    file.write_all(content.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Saves `[[accounts]]` from the config, each validated like an API save.
+async fn seed_accounts(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
+    for (i, seed) in config.accounts.iter().enumerate() {
+        let account =
+            AccountId::parse(&seed.id).map_err(|m| anyhow::anyhow!("accounts[{i}].id: {m}"))?;
+        let body =
+            json!({"enabled": seed.enabled, "addresses": seed.addresses, "events": seed.events});
+        let settings = validate_settings(&body).map_err(|details| {
+            let problems: Vec<String> = details
+                .iter()
+                .map(|d| format!("accounts[{i}].{}: {}", d.field, d.message))
+                .collect();
+            anyhow::anyhow!(
+                "invalid [[accounts]] entry `{}`:\n  {}",
+                seed.id,
+                problems.join("\n  ")
+            )
+        })?;
+        let mut bytes = [0u8; SECRET_BYTES];
+        getrandom::fill(&mut bytes)
+            .map_err(|err| anyhow::anyhow!("OS random source failed: {err}"))?;
+        store
+            .put_settings(&account, settings, Secret::from_bytes(bytes), now_ms())
+            .await?;
+        tracing::info!(account = %account, "webhook settings seeded from config");
+    }
+    Ok(())
+}
