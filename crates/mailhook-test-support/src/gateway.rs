@@ -1,0 +1,212 @@
+//! Gateways for tests: in-process on 127.0.0.1:0, or the real binary as a child process that
+//! can be killed with SIGKILL or stopped with SIGTERM, each on its own temporary data dir.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use mailhook::{Config, Gateway};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::client::ApiClient;
+
+pub const INTAKE_TOKEN: &str = "test-intake-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A config for tests: loopback, fixed tokens, fast retries, no recovery rounds.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    };
+    config.auth.intake_tokens = vec![INTAKE_TOKEN.to_owned()];
+    config.auth.admin_tokens = vec![ADMIN_TOKEN.to_owned()];
+    config.security.allow_private_addresses = true;
+    config.delivery.retry_backoff = vec![Duration::from_millis(20)];
+    config.delivery.attempt_timeout = Duration::from_millis(1000);
+    config.delivery.connect_timeout = Duration::from_millis(500);
+    config.delivery.recovery_schedule = vec![];
+    config.delivery.idle_poll = Duration::from_millis(200);
+    config.shutdown.grace = Duration::from_secs(5);
+    config.log.level = "warn".to_owned();
+    config
+}
+
+/// A gateway running inside the test process.
+pub struct TestGateway {
+    pub gateway: Option<Gateway>,
+    pub api: ApiClient,
+    pub dir: TempDir,
+}
+
+impl TestGateway {
+    /// Starts with `test_config`, changed by `tweak`.
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let api = ApiClient::new(gateway.local_addr(), INTAKE_TOKEN, ADMIN_TOKEN);
+        TestGateway {
+            gateway: Some(gateway),
+            api,
+            dir,
+        }
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("gateway running")
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+    }
+}
+
+/// Path of the `mailhook` binary built next to the test executable (`cargo xtask test`
+/// builds it first), or `MAILHOOK_BIN`.
+pub fn mailhook_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("MAILHOOK_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/mailhook
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test exe lives in target/<profile>/deps");
+    let bin = profile_dir.join("mailhook");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p mailhook` (cargo xtask test does) or set MAILHOOK_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The real `mailhook` binary as a child process.
+pub struct GatewayProcess {
+    pub child: Option<Child>,
+    pub api: ApiClient,
+    pub config_path: PathBuf,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+impl GatewayProcess {
+    /// Writes the config (with a free port) and starts the binary; returns once `/healthz`
+    /// answers.
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(&dir.path().join("data"));
+        config.listen = free_port();
+        tweak(&mut config);
+        let config_path = dir.path().join("mailhook.toml");
+        std::fs::write(
+            &config_path,
+            toml::to_string(&config).expect("config serializes"),
+        )
+        .expect("write config");
+        let addr = config.listen;
+        let mut process = GatewayProcess {
+            child: None,
+            api: ApiClient::new(addr, INTAKE_TOKEN, ADMIN_TOKEN),
+            config_path,
+            addr,
+            dir,
+        };
+        process.spawn().await;
+        process
+    }
+
+    /// (Re)starts the binary on the same config and data dir.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(mailhook_bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("serve")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mailhook");
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(20)).await;
+    }
+
+    async fn wait_healthy(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.api.healthz().await {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("mailhook exited during start with {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mailhook did not become healthy within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        let id = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("running child");
+        nix::unistd::Pid::from_raw(id as i32)
+    }
+
+    /// SIGKILL: no shutdown code runs at all.
+    pub async fn kill9(&mut self) {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+        let mut child = self.child.take().expect("running child");
+        let _ = child.wait().await;
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let mut child = self.child.take().expect("running child");
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .expect("mailhook exits after SIGTERM within the timeout")
+            .expect("wait");
+        status.code()
+    }
+
+    /// Sends SIGTERM without waiting (to observe the shutdown from outside).
+    pub fn send_sigterm(&self) {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("running child");
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .expect("mailhook exits in time")
+            .expect("wait");
+        status.code()
+    }
+}
+
+/// A port that was free a moment ago (the child binds it right after).
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}

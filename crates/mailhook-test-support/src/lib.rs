@@ -1,0 +1,10 @@
+//! Dev-only helpers for mailhook's tests: gateways on 127.0.0.1 (in-process or the real
+//! binary), an API client, and scriptable receivers.
+
+pub mod client;
+pub mod gateway;
+pub mod receiver;
+
+pub use client::{Answer, ApiClient};
+pub use gateway::{ADMIN_TOKEN, GatewayProcess, INTAKE_TOKEN, TestGateway, test_config};
+pub use receiver::{Receiver, Recorded, Reply};
