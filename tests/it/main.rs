@@ -4,6 +4,7 @@
 mod delivery;
 mod durability;
 mod intake;
+mod security;
 mod settings;
 
 use std::time::Duration;

@@ -56,8 +56,8 @@ pub struct ChainPos {
 pub enum Outcome {
     /// A 2xx within the attempt timeout.
     Delivered,
-    /// Anything else. `retry_after` comes from a 429/503 `Retry-After`; `gone` is a 410,
-    /// which says the address will not take this event however often it is retried.
+    /// Anything else. `retry_after` comes from a 429/503 `Retry-After`; `gone` says that
+    /// retrying this address cannot help: a 410, or the SSRF guard refused its IP.
     Failed {
         retry_after: Option<Duration>,
         gone: bool,

@@ -11,6 +11,7 @@ pub mod chain;
 pub mod error;
 pub mod event;
 pub mod filter;
+pub mod net;
 pub mod settings;
 pub mod signature;
 pub mod time;

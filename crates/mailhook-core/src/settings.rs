@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::error::FieldError;
 use crate::event::{EventType, json_kind, truncate};
+use crate::net::AddressPolicy;
 
 /// At most one primary and two backups, as the seed says.
 pub const ADDRESSES_MAX: usize = 3;
@@ -49,6 +50,38 @@ impl WebhookUrl {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Refuses an address whose host is, on its face, internal: an IP literal the policy
+    /// blocks, or `localhost`. Names are checked again at every connect, whatever they
+    /// resolve to then; this only catches at save time what can never work.
+    pub fn check_policy(&self, policy: &AddressPolicy) -> Result<(), String> {
+        if policy.allow_private {
+            return Ok(());
+        }
+        let Ok(url) = url::Url::parse(&self.0) else {
+            return Ok(());
+        };
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+            Some(url::Host::Domain(name)) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                if name == "localhost" || name.ends_with(".localhost") {
+                    return Err(format!(
+                        "`{self}` points to localhost; allowed only with security.allow_private_addresses"
+                    ));
+                }
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        policy.check(ip).map_err(|reason| {
+            format!(
+                "`{self}` points to {reason}; allowed only with security.allow_private_addresses \
+                 or a matching security.allowed_cidrs entry"
+            )
+        })
     }
 }
 
@@ -102,7 +135,11 @@ pub struct WebhookSettings {
 const READ_ONLY_FIELDS: [&str; 2] = ["secret", "updated_at"];
 
 /// Validates a settings body (`{"enabled", "addresses", "events"}`), reporting every problem.
-pub fn validate_settings(body: &Value) -> Result<WebhookSettings, Vec<FieldError>> {
+/// Addresses that the SSRF `policy` refuses on their face are problems too.
+pub fn validate_settings(
+    body: &Value,
+    policy: &AddressPolicy,
+) -> Result<WebhookSettings, Vec<FieldError>> {
     let Value::Object(fields) = body else {
         return Err(vec![FieldError::new(
             "",
@@ -158,7 +195,10 @@ pub fn validate_settings(body: &Value) -> Result<WebhookSettings, Vec<FieldError
             for (i, item) in items.iter().enumerate() {
                 let field = format!("addresses[{i}]");
                 match item {
-                    Value::String(text) => match WebhookUrl::parse(text.trim()) {
+                    Value::String(text) => match WebhookUrl::parse(text.trim()).and_then(|url| {
+                        url.check_policy(policy)?;
+                        Ok(url)
+                    }) {
                         Ok(url) if addresses.contains(&url) => {
                             errors.push(FieldError::new(field, format!("`{url}` is listed twice")));
                         }
@@ -240,8 +280,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const GUARDED: AddressPolicy = AddressPolicy {
+        allow_private: false,
+        allowed: Vec::new(),
+    };
+
     fn fields(body: Value) -> Vec<String> {
-        validate_settings(&body)
+        validate_settings(&body, &GUARDED)
             .expect_err("should be rejected")
             .into_iter()
             .map(|e| e.field)
@@ -250,12 +295,15 @@ mod tests {
 
     #[test]
     fn accepts_a_full_chain() {
-        let s = validate_settings(&json!({
+        let s = validate_settings(
+            &json!({
             "enabled": true,
             "addresses": ["https://a.example/hook", "http://b.example:8080/x?y=1", "https://c.example"],
             "events": ["delivery", "bounce", "delivery"],
             "secret": "ignored"
-        }))
+        }),
+            &GUARDED,
+        )
         .unwrap();
         assert_eq!(s.addresses.len(), 3);
         assert_eq!(s.addresses[2].as_str(), "https://c.example/");
@@ -263,9 +311,32 @@ mod tests {
     }
 
     #[test]
+    fn internal_literals_pass_only_when_the_policy_allows_them() {
+        let body = json!({"enabled": true, "addresses": ["http://127.0.0.1:9/hook", "http://10.1.2.3/"], "events": ["open"]});
+        let open = AddressPolicy {
+            allow_private: true,
+            allowed: vec![],
+        };
+        assert!(validate_settings(&body, &open).is_ok());
+        let listed = AddressPolicy {
+            allow_private: false,
+            allowed: vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ],
+        };
+        assert!(validate_settings(&body, &listed).is_ok());
+        let err = validate_settings(&body, &GUARDED).unwrap_err();
+        assert!(err[0].message.contains("loopback"), "{err:?}");
+    }
+
+    #[test]
     fn disabled_settings_may_be_empty() {
-        let s =
-            validate_settings(&json!({"enabled": false, "addresses": [], "events": []})).unwrap();
+        let s = validate_settings(
+            &json!({"enabled": false, "addresses": [], "events": []}),
+            &GUARDED,
+        )
+        .unwrap();
         assert!(!s.enabled);
     }
 
@@ -306,6 +377,16 @@ mod tests {
             (
                 json!({"enabled": true, "addresses": a(1), "events": []}),
                 vec!["events"],
+            ),
+            (
+                json!({"enabled": true, "addresses": ["http://10.0.0.1/hook", "http://[::1]:80/", "http://localhost:9/", "http://169.254.169.254/latest"], "events": ["open"]}),
+                vec![
+                    "addresses",
+                    "addresses[0]",
+                    "addresses[1]",
+                    "addresses[2]",
+                    "addresses[3]",
+                ],
             ),
             (
                 json!({"addresses": a(1), "events": ["open"]}),

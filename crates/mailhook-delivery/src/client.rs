@@ -12,6 +12,8 @@ use hyper_util::rt::TokioExecutor;
 use mailhook_core::chain::Outcome;
 use tokio::time::Instant;
 
+use crate::resolve::{GuardError, GuardedResolver};
+
 /// The headers of one attempt, besides content type and user agent.
 #[derive(Debug, Clone)]
 pub struct AttemptHeaders {
@@ -31,22 +33,33 @@ pub struct AttemptResult {
     pub duration: Duration,
 }
 
+/// What the client is built from.
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    pub attempt_timeout: Duration,
+    pub response_bytes_max: usize,
+    pub resolver: GuardedResolver,
+}
+
 /// A keep-alive HTTP client shared by every delivery.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector<GuardedResolver>, Full<Bytes>>,
+    guard: GuardedResolver,
     attempt_timeout: Duration,
     response_bytes_max: usize,
     user_agent: HeaderValue,
 }
 
 impl HttpClient {
-    pub fn new(
-        connect_timeout: Duration,
-        attempt_timeout: Duration,
-        response_bytes_max: usize,
-    ) -> HttpClient {
-        let mut connector = HttpConnector::new();
+    pub fn new(options: ClientOptions) -> HttpClient {
+        let ClientOptions {
+            connect_timeout,
+            attempt_timeout,
+            response_bytes_max,
+            resolver,
+        } = options;
+        let mut connector = HttpConnector::new_with_resolver(resolver.clone());
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
@@ -57,6 +70,7 @@ impl HttpClient {
         let user_agent = HeaderValue::from_static(concat!("mailhook/", env!("CARGO_PKG_VERSION")));
         HttpClient {
             client,
+            guard: resolver,
             attempt_timeout,
             response_bytes_max,
             user_agent,
@@ -70,9 +84,19 @@ impl HttpClient {
             Ok(request) => request,
             Err(error) => return failed(None, error, started.elapsed()),
         };
+        // The connector resolves names through the guard, but takes IP literals as they are.
+        if let Some(host) = request.uri().host() {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = bare.parse::<std::net::IpAddr>()
+                && let Err(blocked) = self.guard.check_literal(host, ip)
+            {
+                return blocked_result(blocked.to_string(), started.elapsed());
+            }
+        }
         match tokio::time::timeout(self.attempt_timeout, self.exchange(request)).await {
             Ok(Ok((status, retry_after))) => classify(status, retry_after, started.elapsed()),
-            Ok(Err(error)) => failed(None, error, started.elapsed()),
+            Ok(Err(Failure::Blocked(error))) => blocked_result(error, started.elapsed()),
+            Ok(Err(Failure::Other(error))) => failed(None, error, started.elapsed()),
             Err(_) => failed(
                 None,
                 format!(
@@ -114,7 +138,7 @@ impl HttpClient {
     async fn exchange(
         &self,
         request: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, Option<Duration>), String> {
+    ) -> Result<(StatusCode, Option<Duration>), Failure> {
         let response = self
             .client
             .request(request)
@@ -172,6 +196,25 @@ fn classify(
     }
 }
 
+/// Why an exchange produced no status.
+enum Failure {
+    /// The SSRF guard refused every IP: retrying the same address cannot help.
+    Blocked(String),
+    Other(String),
+}
+
+fn blocked_result(error: String, duration: Duration) -> AttemptResult {
+    AttemptResult {
+        outcome: Outcome::Failed {
+            retry_after: None,
+            gone: true,
+        },
+        status: None,
+        error: Some(error),
+        duration,
+    }
+}
+
 fn failed(status: Option<u16>, error: String, duration: Duration) -> AttemptResult {
     AttemptResult {
         outcome: Outcome::FAILED,
@@ -195,24 +238,30 @@ fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
 }
 
 /// The innermost cause of a client error: "connection refused" says more than "client error".
-fn describe_client_error(err: &hyper_util::client::legacy::Error) -> String {
+fn describe_client_error(err: &hyper_util::client::legacy::Error) -> Failure {
     use std::error::Error as _;
+    let mut source = err.source();
+    let mut last = None;
+    while let Some(cause) = source {
+        if let Some(guard) = cause.downcast_ref::<GuardError>() {
+            return match guard {
+                GuardError::Blocked { .. } => Failure::Blocked(guard.to_string()),
+                other => Failure::Other(format!("connect error: {other}")),
+            };
+        }
+        last = Some(cause.to_string());
+        source = cause.source();
+    }
     let mut message = if err.is_connect() {
         "connect error".to_owned()
     } else {
         "request failed".to_owned()
     };
-    let mut source = err.source();
-    let mut last = None;
-    while let Some(cause) = source {
-        last = Some(cause.to_string());
-        source = cause.source();
-    }
     if let Some(last) = last {
         message.push_str(": ");
         message.push_str(&last);
     }
-    message
+    Failure::Other(message)
 }
 
 fn humantime_format(d: Duration) -> String {

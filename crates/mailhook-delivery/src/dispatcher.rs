@@ -22,8 +22,9 @@ use mailhook_store::{AttemptRecord, Completion, EventState, Job, Store, StoredSe
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{AttemptHeaders, HttpClient};
+use crate::client::{AttemptHeaders, ClientOptions, HttpClient};
 use crate::config::DeliveryConfig;
+use crate::resolve::GuardedResolver;
 use crate::settings_cache::SettingsCache;
 
 /// Wall-clock Unix milliseconds: the time base of everything persisted.
@@ -70,18 +71,21 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Starts claiming. `resolver` carries the SSRF policy every connection is checked by.
     pub fn start(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
         settings: Arc<SettingsCache>,
         bus: WorkBus,
+        resolver: GuardedResolver,
     ) -> Dispatcher {
         let (completions, completions_rx) = mpsc::channel(COMPLETIONS_QUEUED_MAX);
-        let client = HttpClient::new(
-            config.connect_timeout,
-            config.attempt_timeout,
-            config.response_bytes_max,
-        );
+        let client = HttpClient::new(ClientOptions {
+            connect_timeout: config.connect_timeout,
+            attempt_timeout: config.attempt_timeout,
+            response_bytes_max: config.response_bytes_max,
+            resolver,
+        });
         let inner = Arc::new(Inner {
             store,
             retry: config.retry_policy(),

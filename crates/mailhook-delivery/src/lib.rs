@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 mod dispatcher;
 mod error;
+pub mod resolve;
 pub mod settings_cache;
 
 pub use config::DeliveryConfig;

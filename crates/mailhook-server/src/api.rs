@@ -32,6 +32,8 @@ pub struct ApiConfig {
     pub secret_grace: Duration,
     /// Most failures listed in one call.
     pub failures_limit_max: usize,
+    /// The SSRF guard's rules, applied to addresses when settings are saved.
+    pub address_policy: mailhook_core::net::AddressPolicy,
 }
 
 pub struct Api {
@@ -189,7 +191,7 @@ impl Api {
     }
 
     async fn put_webhook(&self, account: &AccountId, body: &Value) -> Result<Response<Body>> {
-        let settings = validate_settings(body).map_err(|details| {
+        let settings = validate_settings(body, &self.config.address_policy).map_err(|details| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid webhook settings; nothing was saved",

@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use mailhook::{Config, Gateway};
+use mailhook_delivery::resolve::{BoxFuture, Resolve, SystemResolver};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
@@ -45,16 +50,30 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts with `test_config`, changed by `tweak`.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        TestGateway::start_with_resolver(tweak, Arc::new(SystemResolver)).await
+    }
+
+    /// Starts with a name resolver of the test's choosing (see `StaticResolver`).
+    pub async fn start_with_resolver(
+        tweak: impl FnOnce(&mut Config),
+        resolver: Arc<dyn Resolve>,
+    ) -> TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = test_config(dir.path());
-        tweak(&mut config);
-        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let gateway = launch(dir.path(), tweak, resolver).await;
         let api = ApiClient::new(gateway.local_addr(), INTAKE_TOKEN, ADMIN_TOKEN);
         TestGateway {
             gateway: Some(gateway),
             api,
             dir,
         }
+    }
+
+    /// Shuts down and starts again on the same data dir with a new config tweak.
+    pub async fn restart(&mut self, tweak: impl FnOnce(&mut Config)) {
+        self.shutdown().await;
+        let gateway = launch(self.dir.path(), tweak, Arc::new(SystemResolver)).await;
+        self.api = ApiClient::new(gateway.local_addr(), INTAKE_TOKEN, ADMIN_TOKEN);
+        self.gateway = Some(gateway);
     }
 
     pub fn gateway(&self) -> &Gateway {
@@ -65,6 +84,36 @@ impl TestGateway {
         if let Some(gateway) = self.gateway.take() {
             gateway.shutdown().await;
         }
+    }
+}
+
+async fn launch(
+    dir: &Path,
+    tweak: impl FnOnce(&mut Config),
+    resolver: Arc<dyn Resolve>,
+) -> Gateway {
+    let mut config = test_config(dir);
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .expect("bind");
+    Gateway::start_with(config, listener, resolver)
+        .await
+        .expect("gateway starts")
+}
+
+/// A resolver that knows only the names it is given: tests point names at chosen IPs.
+pub struct StaticResolver(pub HashMap<String, Vec<IpAddr>>);
+
+impl Resolve for StaticResolver {
+    fn lookup(&self, host: &str) -> BoxFuture<std::io::Result<Vec<IpAddr>>> {
+        let found = self.0.get(host).cloned().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host} is not in the test's resolver"),
+            )
+        });
+        Box::pin(async move { found })
     }
 }
 

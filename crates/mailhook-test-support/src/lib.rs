@@ -6,5 +6,7 @@ pub mod gateway;
 pub mod receiver;
 
 pub use client::{Answer, ApiClient};
-pub use gateway::{ADMIN_TOKEN, GatewayProcess, INTAKE_TOKEN, TestGateway, test_config};
+pub use gateway::{
+    ADMIN_TOKEN, GatewayProcess, INTAKE_TOKEN, StaticResolver, TestGateway, test_config,
+};
 pub use receiver::{Receiver, Recorded, Reply};

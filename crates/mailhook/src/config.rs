@@ -86,9 +86,20 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
-    /// Allow pushes to loopback, private and link-local addresses. Reserved for the SSRF
-    /// guard; see the README's security section for what is enforced today.
+    /// Allow pushes to loopback, private, link-local and other internal addresses (the SSRF
+    /// guard off). For local setups and tests.
     pub allow_private_addresses: bool,
+    /// Internal ranges pushes may reach anyway, as CIDRs (`"10.20.0.0/16"`).
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl SecurityConfig {
+    pub fn address_policy(&self) -> mailhook_core::net::AddressPolicy {
+        mailhook_core::net::AddressPolicy {
+            allow_private: self.allow_private_addresses,
+            allowed: self.allowed_cidrs.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use mailhook_core::AccountId;
 use mailhook_core::bus::WorkBus;
 use mailhook_core::settings::validate_settings;
 use mailhook_core::signature::{SECRET_BYTES, Secret};
+use mailhook_delivery::resolve::{GuardedResolver, Resolve, SystemResolver};
 use mailhook_delivery::{Dispatcher, SettingsCache, now_ms};
 use mailhook_server::{Api, ApiConfig, Server, Tokens};
 use mailhook_store::Store;
@@ -44,6 +45,16 @@ impl Gateway {
         config: Config,
         listener: tokio::net::TcpListener,
     ) -> anyhow::Result<Gateway> {
+        Gateway::start_with(config, listener, Arc::new(SystemResolver)).await
+    }
+
+    /// Starts with a given name resolver (tests map names to chosen IPs with it); the SSRF
+    /// guard checks whatever it answers.
+    pub async fn start_with(
+        config: Config,
+        listener: tokio::net::TcpListener,
+        resolver: Arc<dyn Resolve>,
+    ) -> anyhow::Result<Gateway> {
         config.validate().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir `{}`", config.data_dir.display()))?;
@@ -74,11 +85,17 @@ impl Gateway {
             store.clone(),
             config.delivery.settings_ttl,
         ));
+        let policy = config.security.address_policy();
+        let resolver = GuardedResolver {
+            inner: resolver,
+            policy: Arc::new(policy.clone()),
+        };
         let dispatcher = Dispatcher::start(
             store.clone(),
             config.delivery.clone(),
             settings.clone(),
             bus.clone(),
+            resolver,
         );
         let api = Arc::new(Api {
             config: ApiConfig {
@@ -87,6 +104,7 @@ impl Gateway {
                 batch_events_max: config.limits.batch_events_max,
                 secret_grace: config.signing.secret_rotation_grace,
                 failures_limit_max: config.limits.failures_limit_max,
+                address_policy: policy,
             },
             store: store.clone(),
             settings,
@@ -213,17 +231,18 @@ async fn seed_accounts(config: &Config, store: &dyn Store) -> anyhow::Result<()>
             AccountId::parse(&seed.id).map_err(|m| anyhow::anyhow!("accounts[{i}].id: {m}"))?;
         let body =
             json!({"enabled": seed.enabled, "addresses": seed.addresses, "events": seed.events});
-        let settings = validate_settings(&body).map_err(|details| {
-            let problems: Vec<String> = details
-                .iter()
-                .map(|d| format!("accounts[{i}].{}: {}", d.field, d.message))
-                .collect();
-            anyhow::anyhow!(
-                "invalid [[accounts]] entry `{}`:\n  {}",
-                seed.id,
-                problems.join("\n  ")
-            )
-        })?;
+        let settings =
+            validate_settings(&body, &config.security.address_policy()).map_err(|details| {
+                let problems: Vec<String> = details
+                    .iter()
+                    .map(|d| format!("accounts[{i}].{}: {}", d.field, d.message))
+                    .collect();
+                anyhow::anyhow!(
+                    "invalid [[accounts]] entry `{}`:\n  {}",
+                    seed.id,
+                    problems.join("\n  ")
+                )
+            })?;
         let mut bytes = [0u8; SECRET_BYTES];
         getrandom::fill(&mut bytes)
             .map_err(|err| anyhow::anyhow!("OS random source failed: {err}"))?;
