@@ -4,8 +4,10 @@
 mod delivery;
 mod durability;
 mod intake;
+mod limits;
 mod security;
 mod settings;
+mod tls;
 
 use std::time::Duration;
 

@@ -126,3 +126,169 @@ async fn a_literal_saved_before_the_guard_was_on_is_refused_at_connect_time() {
     );
     assert_eq!(receiver.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_rotation_both_secrets_sign_during_the_grace_period_then_only_the_new_one() {
+    let gw =
+        TestGateway::start(|c| c.signing.secret_rotation_grace = Duration::from_millis(1500)).await;
+    let receiver = Receiver::start().await;
+    let saved = gw
+        .api
+        .put_webhook(
+            "default",
+            &json!({"enabled": true, "addresses": [receiver.url()], "events": ["open"]}),
+        )
+        .await;
+    let old = saved.json()["secret"].as_str().unwrap().to_owned();
+    let rotated = gw
+        .api
+        .admin(
+            http::Method::POST,
+            "/v1/accounts/default/webhook/secret/rotate",
+            None,
+        )
+        .await
+        .json();
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(old, new);
+
+    let verifies = |request: &mailhook_test_support::Recorded, secret: &str| {
+        let mut headers = http::HeaderMap::new();
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            headers.insert(name, request.header(name).unwrap().parse().unwrap());
+        }
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(&request.body, &headers)
+            .is_ok()
+    };
+
+    post(&gw.api, json!({"type": "open", "msg_id": "during"})).await;
+    let during = receiver.wait_for(1, Duration::from_secs(10)).await[0].clone();
+    assert_eq!(
+        during
+            .header("webhook-signature")
+            .unwrap()
+            .split(' ')
+            .count(),
+        2
+    );
+    assert!(
+        verifies(&during, &old),
+        "a receiver still on the old secret accepts it"
+    );
+    assert!(
+        verifies(&during, &new),
+        "a receiver already on the new secret accepts it"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    post(&gw.api, json!({"type": "open", "msg_id": "after"})).await;
+    let after = receiver.wait_for(2, Duration::from_secs(10)).await[1].clone();
+    assert_eq!(
+        after
+            .header("webhook-signature")
+            .unwrap()
+            .split(' ')
+            .count(),
+        1
+    );
+    assert!(verifies(&after, &new));
+    assert!(
+        !verifies(&after, &old),
+        "the old secret no longer signs after its grace period"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_and_secrets_never_appear_in_the_log() {
+    use http::Method;
+    let receiver = Receiver::start().await;
+    let failing = Receiver::start().await;
+    failing.set_default(mailhook_test_support::Reply::status(500));
+    let mut gw = mailhook_test_support::GatewayProcess::start_logged(|c| {
+        c.log.level = "debug".to_owned();
+        c.delivery.retries_per_address = 0;
+    })
+    .await;
+    let api = gw.api.clone();
+    let saved = api
+        .put_webhook("default", &json!({"enabled": true, "addresses": [failing.url(), receiver.url()], "events": ["delivery", "open"]}))
+        .await
+        .json();
+    let first_secret = saved["secret"].as_str().unwrap().to_owned();
+    let second_secret = api
+        .admin(
+            Method::POST,
+            "/v1/accounts/default/webhook/secret/rotate",
+            None,
+        )
+        .await
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post(
+        &api,
+        json!([{"type": "delivery", "msg_id": "log-1"}, {"type": "open", "msg_id": "log-2"}]),
+    )
+    .await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    // Refused requests log too: wrong token, wrong kind, bad settings.
+    api.send(
+        Method::POST,
+        "/v1/events",
+        Some("not-the-token-at-all"),
+        Some("application/json"),
+        "{}",
+    )
+    .await;
+    api.send(
+        Method::GET,
+        "/v1/accounts/default/webhook",
+        Some(&api.intake_token),
+        None,
+        "",
+    )
+    .await;
+    api.put_webhook(
+        "default",
+        &json!({"enabled": true, "addresses": ["ftp://x"], "events": []}),
+    )
+    .await;
+    api.message("default", "log-1").await;
+    gw.terminate(Duration::from_secs(20)).await;
+
+    let log = gw.log();
+    assert!(
+        log.contains("webhook settings saved"),
+        "the log was captured: {log}"
+    );
+    let signatures: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-signature").unwrap().to_owned())
+        .collect();
+    let mut secrets = vec![
+        api.intake_token.clone(),
+        api.admin_token.clone(),
+        first_secret.clone(),
+        second_secret.clone(),
+    ];
+    // The key without its prefix, in case something logs the decoded form's base64.
+    secrets.push(first_secret.trim_start_matches("whsec_").to_owned());
+    secrets.push(second_secret.trim_start_matches("whsec_").to_owned());
+    for signature in &signatures {
+        secrets.extend(
+            signature
+                .split(' ')
+                .map(|s| s.trim_start_matches("v1,").to_owned()),
+        );
+    }
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log contains a secret: {secret}"
+        );
+    }
+}

@@ -41,6 +41,8 @@ pub enum IntakeError {
     Empty,
     #[error("batch has {count} events, the limit is {max} (intake.batch_events_max)")]
     TooMany { count: usize, max: usize },
+    #[error("JSON nesting is {depth} levels deep, the limit is {max} (limits.json_depth_max)")]
+    TooDeep { depth: usize, max: usize },
     #[error("{} invalid field(s); nothing was stored", .0.len())]
     Invalid(Vec<FieldError>),
 }

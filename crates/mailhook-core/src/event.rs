@@ -201,6 +201,10 @@ pub const EVENT_FIELDS: [&str; 7] = [
 #[derive(Debug, Clone, Copy)]
 pub struct IntakeLimits {
     pub batch_events_max: usize,
+    /// Longest string (or object key) anywhere in `email` and `status`, in bytes.
+    pub string_bytes_max: usize,
+    /// Deepest nesting of arrays and objects in the whole body (a batch array is level 1).
+    pub json_depth_max: usize,
 }
 
 /// Parses an intake body (one event object, or an array of them) into validated events.
@@ -216,6 +220,13 @@ pub fn parse_intake(
 ) -> Result<Vec<Event>, IntakeError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|err| IntakeError::Json(err.to_string()))?;
+    let depth = json_depth(&value);
+    if depth > limits.json_depth_max {
+        return Err(IntakeError::TooDeep {
+            depth,
+            max: limits.json_depth_max,
+        });
+    }
     let items = match value {
         Value::Array(items) => items,
         Value::Object(_) => vec![value],
@@ -233,7 +244,7 @@ pub fn parse_intake(
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        match validate_event(index, item, now_ms, new_event_id) {
+        match validate_event(index, item, limits.string_bytes_max, now_ms, new_event_id) {
             Ok(event) => events.push(event),
             Err(mut errs) => errors.append(&mut errs),
         }
@@ -248,6 +259,7 @@ pub fn parse_intake(
 fn validate_event(
     index: usize,
     item: Value,
+    string_bytes_max: usize,
     now_ms: i64,
     new_event_id: &mut dyn FnMut() -> EventId,
 ) -> Result<Event, Vec<FieldError>> {
@@ -352,6 +364,18 @@ fn validate_event(
         )),
     };
     let status = status.map_err(|m| fail("status", m)).ok();
+    for (name, map) in [("email", &email), ("status", &status)] {
+        if let Some(map) = map
+            && let Some((path, len)) = long_string(map, name, string_bytes_max)
+        {
+            fail(
+                &path,
+                format!(
+                    "{path} is {len} bytes long, the limit is {string_bytes_max} (limits.string_bytes_max)"
+                ),
+            );
+        }
+    }
 
     match (
         event_type,
@@ -432,6 +456,53 @@ fn validate_email(email: &Map<String, Value>) -> Result<(), (String, String)> {
     }
 }
 
+/// Nesting depth of arrays and objects (a scalar is 0). Iterative, so a hostile body cannot
+/// exhaust the stack here (serde_json itself refuses more than 128 levels while parsing).
+fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1usize)];
+    while let Some((value, level)) = stack.pop() {
+        match value {
+            Value::Array(items) => {
+                deepest = deepest.max(level);
+                stack.extend(items.iter().map(|v| (v, level + 1)));
+            }
+            Value::Object(fields) => {
+                deepest = deepest.max(level);
+                stack.extend(fields.values().map(|v| (v, level + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The first string or key over `max` bytes inside `map`, with its dotted path.
+fn long_string(map: &Map<String, Value>, prefix: &str, max: usize) -> Option<(String, usize)> {
+    for (key, value) in map {
+        let path = format!("{prefix}.{}", truncate(key, 64));
+        if key.len() > max {
+            return Some((path, key.len()));
+        }
+        let found = match value {
+            Value::String(text) if text.len() > max => Some((path.clone(), text.len())),
+            Value::Object(inner) => long_string(inner, &path, max),
+            Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| match item {
+                Value::String(text) if text.len() > max => {
+                    Some((format!("{path}[{i}]"), text.len()))
+                }
+                Value::Object(inner) => long_string(inner, &format!("{path}[{i}]"), max),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
 /// The JSON name of a value's kind, for error messages.
 pub fn json_kind(value: &Value) -> &'static str {
     match value {
@@ -462,6 +533,8 @@ mod tests {
 
     const LIMITS: IntakeLimits = IntakeLimits {
         batch_events_max: 1000,
+        string_bytes_max: 100,
+        json_depth_max: 6,
     };
     const NOW: i64 = 1_795_780_800_000;
 
@@ -576,6 +649,43 @@ mod tests {
     }
 
     #[test]
+    fn long_strings_and_deep_nesting_are_refused_by_name() {
+        let long = "x".repeat(101);
+        let cases = [
+            (
+                json!({"type": "open", "msg_id": "m", "email": {"subject": long}}),
+                "email.subject",
+            ),
+            (
+                json!({"type": "open", "msg_id": "m", "status": {"a": {"b": [long]}}}),
+                "status.a.b[0]",
+            ),
+            (
+                json!({"type": "open", "msg_id": "m", "email": {"metadata": {long.clone(): 1}}}),
+                "email.metadata.",
+            ),
+        ];
+        for (input, field) in cases {
+            let got = details(input);
+            assert!(got[0].1.starts_with(field), "{got:?} for {field}");
+        }
+        let deep = json!([{"type": "open", "msg_id": "m", "status": {"a": {"b": {"c": {"d": {"e": 1}}}}}}]);
+        assert!(matches!(
+            parse(deep),
+            Err(IntakeError::TooDeep { depth: 7, max: 6 })
+        ));
+        let mut nested = String::new();
+        for _ in 0..100_000 {
+            nested.push('[');
+        }
+        let mut id = || EventId::parse("x").unwrap();
+        assert!(matches!(
+            parse_intake(nested.as_bytes(), LIMITS, NOW, &mut id),
+            Err(IntakeError::Json(_))
+        ));
+    }
+
+    #[test]
     fn rejects_bodies_of_the_wrong_shape() {
         assert!(matches!(parse(json!([])), Err(IntakeError::Empty)));
         assert!(matches!(
@@ -599,7 +709,63 @@ mod tests {
         ));
     }
 
+    /// Any JSON value, nested a few levels, with keys drawn mostly from the event's own.
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            proptest::sample::select(vec![
+                "type",
+                "msg_id",
+                "account",
+                "event_id",
+                "timestamp",
+                "email",
+                "status",
+                "subject",
+                "to",
+                "tags",
+                "metadata"
+            ])
+            .prop_map(str::to_owned),
+            ".{0,12}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            proptest::sample::select(vec![
+                "open",
+                "click",
+                "delivery",
+                "2026-11-27T12:00:00Z",
+                "",
+                "default"
+            ])
+            .prop_map(Value::from),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::vec((key.clone(), inner), 0..8)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_json(value in arbitrary_json()) {
+            let mut id = || EventId::parse("x").unwrap();
+            if let Ok(events) = parse_intake(value.to_string().as_bytes(), LIMITS, NOW, &mut id) {
+                for event in events {
+                    let body: Value = serde_json::from_slice(&event.render_payload()).unwrap();
+                    proptest::prop_assert_eq!(&body["type"], &Value::from(event.event_type.as_str()));
+                }
+            }
+        }
+
         #[test]
         fn never_panics_on_arbitrary_bytes(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let mut id = || EventId::parse("x").unwrap();

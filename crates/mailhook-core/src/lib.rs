@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod filter;
 pub mod net;
+pub mod rate;
 pub mod settings;
 pub mod signature;
 pub mod time;

@@ -1,18 +1,22 @@
 //! One HTTP attempt: POST the signed payload, wait for a 2xx within the timeout, and say
 //! what happened in words a receiver's owner can act on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::rt::TokioExecutor;
 use mailhook_core::chain::Outcome;
 use tokio::time::Instant;
 
 use crate::resolve::{GuardError, GuardedResolver};
+use crate::tls::{KeepTlsErrors, TlsErrorSlot, describe_tls_error, tls_cause};
 
 /// The headers of one attempt, besides content type and user agent.
 #[derive(Debug, Clone)]
@@ -39,12 +43,14 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     pub response_bytes_max: usize,
     pub resolver: GuardedResolver,
+    /// Roots and client certificate for `https` addresses (see `tls::client_config`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// A keep-alive HTTP client shared by every delivery.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector<GuardedResolver>, Full<Bytes>>,
+    client: Client<KeepTlsErrors<HttpsConnector<HttpConnector<GuardedResolver>>>, Full<Bytes>>,
     guard: GuardedResolver,
     attempt_timeout: Duration,
     response_bytes_max: usize,
@@ -58,11 +64,22 @@ impl HttpClient {
             attempt_timeout,
             response_bytes_max,
             resolver,
+            tls,
         } = options;
         let mut connector = HttpConnector::new_with_resolver(resolver.clone());
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        // The TLS layer above takes `https` URIs; the TCP connector must let them through.
+        connector.enforce_http(false);
+        // ALPN offers h2 and http/1.1: the receiver picks, and a plain `http` address stays
+        // HTTP/1.1 (no h2c), as before.
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(tls))
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
+        let connector = KeepTlsErrors(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
@@ -117,8 +134,10 @@ impl HttpClient {
         let uri: http::Uri = url
             .parse()
             .map_err(|err| format!("invalid address `{url}`: {err}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!("scheme of `{url}` is not supported yet: only http"));
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(format!(
+                "scheme of `{url}` is not supported: only http and https"
+            ));
         }
         Request::builder()
             .method(Method::POST)
@@ -137,13 +156,23 @@ impl HttpClient {
     /// Sends and reads the whole (bounded) response, so the connection can be reused.
     async fn exchange(
         &self,
-        request: Request<Full<Bytes>>,
+        mut request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Option<Duration>), Failure> {
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|err| describe_client_error(&err))?;
+        let connection = capture_connection(&mut request);
+        let response = self.client.request(request).await.map_err(|err| {
+            // What the connection itself died of, when hyper only says "connection closed".
+            let tls_error = connection
+                .connection_metadata()
+                .as_ref()
+                .and_then(|connected| {
+                    let mut extras = http::Extensions::new();
+                    connected.get_extras(&mut extras);
+                    extras
+                        .get::<TlsErrorSlot>()
+                        .and_then(|slot| slot.get().map(str::to_owned))
+                });
+            describe_client_error(&err, tls_error)
+        })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -238,7 +267,11 @@ fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
 }
 
 /// The innermost cause of a client error: "connection refused" says more than "client error".
-fn describe_client_error(err: &hyper_util::client::legacy::Error) -> Failure {
+/// `tls_error` is the TLS error the connection recorded, if any: it says more than any other.
+fn describe_client_error(
+    err: &hyper_util::client::legacy::Error,
+    tls_error: Option<String>,
+) -> Failure {
     use std::error::Error as _;
     let mut source = err.source();
     let mut last = None;
@@ -249,8 +282,14 @@ fn describe_client_error(err: &hyper_util::client::legacy::Error) -> Failure {
                 other => Failure::Other(format!("connect error: {other}")),
             };
         }
+        if let Some(tls) = tls_cause(cause) {
+            return Failure::Other(describe_tls_error(tls));
+        }
         last = Some(cause.to_string());
         source = cause.source();
+    }
+    if let Some(tls_error) = tls_error {
+        return Failure::Other(tls_error);
     }
     let mut message = if err.is_connect() {
         "connect error".to_owned()

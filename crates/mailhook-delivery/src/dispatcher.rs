@@ -71,13 +71,15 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts claiming. `resolver` carries the SSRF policy every connection is checked by.
+    /// Starts claiming. `resolver` carries the SSRF policy every connection is checked by;
+    /// `tls` the roots and client certificate of `https` addresses (`tls::client_config`).
     pub fn start(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
         settings: Arc<SettingsCache>,
         bus: WorkBus,
         resolver: GuardedResolver,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Dispatcher {
         let (completions, completions_rx) = mpsc::channel(COMPLETIONS_QUEUED_MAX);
         let client = HttpClient::new(ClientOptions {
@@ -85,6 +87,7 @@ impl Dispatcher {
             attempt_timeout: config.attempt_timeout,
             response_bytes_max: config.response_bytes_max,
             resolver,
+            tls,
         });
         let inner = Arc::new(Inner {
             store,

@@ -8,6 +8,7 @@ mod dispatcher;
 mod error;
 pub mod resolve;
 pub mod settings_cache;
+pub mod tls;
 
 pub use config::DeliveryConfig;
 pub use dispatcher::{Dispatcher, now_ms};

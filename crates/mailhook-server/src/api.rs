@@ -1,7 +1,8 @@
 //! The HTTP API: routing, intake, webhook settings, message lookup, failures and replay,
 //! health and readiness. Handlers validate at the edge and leave the rules to the core.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use mailhook_core::event::{IntakeLimits, parse_intake};
+use mailhook_core::rate::TokenBucket;
 use mailhook_core::settings::validate_settings;
 use mailhook_core::signature::{SECRET_BYTES, Secret};
 use mailhook_core::time::format_rfc3339_ms;
@@ -28,6 +30,15 @@ pub struct ApiConfig {
     pub body_bytes_max: usize,
     /// Most events in one intake batch (400 above).
     pub batch_events_max: usize,
+    /// Longest string in an event's `email` and `status` (400 above).
+    pub string_bytes_max: usize,
+    /// Deepest JSON nesting in an intake body (400 above).
+    pub json_depth_max: usize,
+    /// A request body must arrive within this (408 after).
+    pub request_read_timeout: Duration,
+    /// Events per second each account may send, and the burst it may save up (429 above).
+    pub intake_events_per_second: u32,
+    pub intake_burst_events: u32,
     /// How long a rotated-out secret keeps signing.
     pub secret_grace: Duration,
     /// Most failures listed in one call.
@@ -37,10 +48,83 @@ pub struct ApiConfig {
 }
 
 pub struct Api {
-    pub config: ApiConfig,
-    pub store: Arc<dyn Store>,
-    pub settings: Arc<SettingsCache>,
-    pub bus: mailhook_core::bus::WorkBus,
+    config: ApiConfig,
+    store: Arc<dyn Store>,
+    settings: Arc<SettingsCache>,
+    bus: mailhook_core::bus::WorkBus,
+    /// Intake rate per account. Bounded: past `RATE_ACCOUNTS_MAX` accounts it starts over,
+    /// which only ever lets more through, never less.
+    rates: Mutex<HashMap<String, TokenBucket>>,
+}
+
+/// Accounts whose intake rate is tracked at once.
+const RATE_ACCOUNTS_MAX: usize = 100_000;
+
+impl Api {
+    pub fn new(
+        config: ApiConfig,
+        store: Arc<dyn Store>,
+        settings: Arc<SettingsCache>,
+        bus: mailhook_core::bus::WorkBus,
+    ) -> Api {
+        Api {
+            config,
+            store,
+            settings,
+            bus,
+            rates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Charges each account of a batch for its events, all or nothing: `Err` with the
+    /// time until every one of them could pass.
+    fn charge_intake(&self, events: &[mailhook_core::Event]) -> Result<()> {
+        let mut costs: HashMap<&str, u32> = HashMap::new();
+        for event in events {
+            *costs.entry(event.account.as_str()).or_default() += 1;
+        }
+        let (rate, burst, now) = (
+            self.config.intake_events_per_second,
+            self.config.intake_burst_events,
+            now_ms(),
+        );
+        let mut rates = self
+            .rates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if rates.len() + costs.len() > RATE_ACCOUNTS_MAX {
+            rates.clear();
+        }
+        let mut charged = Vec::with_capacity(costs.len());
+        let mut wait_ms = 0;
+        for (account, cost) in &costs {
+            let mut bucket = rates
+                .get(*account)
+                .copied()
+                .unwrap_or_else(|| TokenBucket::full(burst, now));
+            match bucket.take(*cost, rate, burst, now) {
+                Ok(()) => charged.push((*account, bucket)),
+                Err(wait) => wait_ms = wait_ms.max(wait),
+            }
+        }
+        if wait_ms > 0 {
+            let secs = wait_ms.div_ceil(1000);
+            return Err(ApiError {
+                retry_after_secs: Some(secs),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "intake rate limit: at most {rate} events/s per account with bursts of {burst} \
+                         (limits.intake_events_per_second, limits.intake_burst_events); retry in {secs} s"
+                    ),
+                )
+            });
+        }
+        for (account, bucket) in charged {
+            rates.insert(account.to_owned(), bucket);
+        }
+        Ok(())
+    }
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -158,6 +242,8 @@ impl Api {
         let body = self.read_body(request).await?;
         let limits = IntakeLimits {
             batch_events_max: self.config.batch_events_max,
+            string_bytes_max: self.config.string_bytes_max,
+            json_depth_max: self.config.json_depth_max,
         };
         let mut new_id = || {
             EventId::parse(&uuid::Uuid::now_v7().to_string())
@@ -172,6 +258,7 @@ impl Api {
                 .with_details(details),
                 other => ApiError::bad_request(other.to_string()),
             })?;
+        self.charge_intake(&events)?;
         let outcome = self
             .store
             .insert_events(events.into_iter().map(new_event).collect())
@@ -318,12 +405,21 @@ impl Api {
         if announced.is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
-        match Limited::new(request.into_body(), max).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(err) => Err(ApiError::bad_request(format!(
+        let timeout = self.config.request_read_timeout;
+        let read = Limited::new(request.into_body(), max).collect();
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Ok(Err(err)) => Err(ApiError::bad_request(format!(
                 "cannot read request body: {err}"
             ))),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body did not arrive within {} (limits.request_read_timeout)",
+                    humantime_serde::re::humantime::format_duration(timeout)
+                ),
+            )),
         }
     }
 

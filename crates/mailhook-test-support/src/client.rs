@@ -1,11 +1,14 @@
-//! A small HTTP client for the gateway's API in tests: real requests, raw answers.
+//! A small HTTP client for the gateway's API in tests: real requests, raw answers, over plain
+//! HTTP or, against a gateway with listener TLS, HTTPS (HTTP/2 or HTTP/1.1 by ALPN).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, header};
+use http::{HeaderMap, Method, Request, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -15,6 +18,8 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
+    /// HTTP/1.1, or HTTP/2 when negotiated over TLS.
+    pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -36,16 +41,61 @@ pub struct ApiClient {
     pub base: String,
     pub intake_token: String,
     pub admin_token: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl ApiClient {
+    /// A plain-HTTP client for the gateway on `addr`.
     pub fn new(addr: SocketAddr, intake_token: &str, admin_token: &str) -> ApiClient {
+        // Never used for `https` here: trusting nothing keeps a mistaken https base failing.
+        let trusts_nothing = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        ApiClient::with_base(
+            format!("http://{addr}"),
+            trusts_nothing,
+            intake_token,
+            admin_token,
+        )
+    }
+
+    /// An HTTPS client for a gateway with listener TLS on `addr`, reached as `localhost`
+    /// and verified with `tls` (e.g. `TestPki::client_config`).
+    pub fn new_tls(
+        addr: SocketAddr,
+        tls: rustls::ClientConfig,
+        intake_token: &str,
+        admin_token: &str,
+    ) -> ApiClient {
+        ApiClient::with_base(
+            format!("https://localhost:{}", addr.port()),
+            tls,
+            intake_token,
+            admin_token,
+        )
+    }
+
+    fn with_base(
+        base: String,
+        tls: rustls::ClientConfig,
+        intake_token: &str,
+        admin_token: &str,
+    ) -> ApiClient {
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
         ApiClient {
-            base: format!("http://{addr}"),
+            base,
             intake_token: intake_token.to_owned(),
             admin_token: admin_token.to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 
@@ -73,6 +123,7 @@ impl ApiClient {
             .expect("gateway answers within 30 s")
             .expect("request reaches the gateway");
         let status = response.status();
+        let version = response.version();
         let headers = response.headers().clone();
         let body = response
             .into_body()
@@ -82,6 +133,7 @@ impl ApiClient {
             .to_bytes();
         Answer {
             status,
+            version,
             headers,
             body,
         }
@@ -104,6 +156,7 @@ impl ApiClient {
             .map_err(|_| "timed out".to_owned())?
             .map_err(|err| err.to_string())?;
         let status = response.status();
+        let version = response.version();
         let headers = response.headers().clone();
         let body = response
             .into_body()
@@ -113,6 +166,7 @@ impl ApiClient {
             .to_bytes();
         Ok(Answer {
             status,
+            version,
             headers,
             body,
         })

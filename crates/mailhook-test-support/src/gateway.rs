@@ -145,12 +145,23 @@ pub struct GatewayProcess {
     pub config_path: PathBuf,
     pub addr: SocketAddr,
     pub dir: TempDir,
+    /// Where the gateway's stderr (its log) goes; `None`: the test's own stderr.
+    pub log_path: Option<PathBuf>,
 }
 
 impl GatewayProcess {
     /// Writes the config (with a free port) and starts the binary; returns once `/healthz`
     /// answers.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> GatewayProcess {
+        GatewayProcess::start_inner(tweak, false).await
+    }
+
+    /// Like `start`, with the gateway's log written to `log_path` for the test to read.
+    pub async fn start_logged(tweak: impl FnOnce(&mut Config)) -> GatewayProcess {
+        GatewayProcess::start_inner(tweak, true).await
+    }
+
+    async fn start_inner(tweak: impl FnOnce(&mut Config), capture_log: bool) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(&dir.path().join("data"));
         config.listen = free_port();
@@ -166,6 +177,7 @@ impl GatewayProcess {
             child: None,
             api: ApiClient::new(addr, INTAKE_TOKEN, ADMIN_TOKEN),
             config_path,
+            log_path: capture_log.then(|| dir.path().join("gateway.log")),
             addr,
             dir,
         };
@@ -183,7 +195,17 @@ impl GatewayProcess {
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log_path {
+                Some(path) => {
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("log file");
+                    Stdio::from(file)
+                }
+                None => Stdio::inherit(),
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("spawn mailhook");
@@ -242,6 +264,12 @@ impl GatewayProcess {
     /// Sends SIGTERM without waiting (to observe the shutdown from outside).
     pub fn send_sigterm(&self) {
         nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// Everything the gateway logged so far (needs `start_logged`).
+    pub fn log(&self) -> String {
+        let path = self.log_path.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {

@@ -1,4 +1,5 @@
-//! Scriptable webhook receivers: real HTTP/1.1 servers on 127.0.0.1 that record every request and answer as a test scripts them.
+//! Scriptable webhook receivers: real HTTP/1.1 servers on 127.0.0.1 (or HTTPS with HTTP/1.1 and
+//! HTTP/2, see [`Receiver::start_tls`]) that record every request and answer as a test scripts them.
 //!
 //! A [`Receiver`] answers each request with the next [`Reply`] from its script, or with its
 //! default reply once the script is empty. It can be stopped (the port then refuses connections)
@@ -30,12 +31,15 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 /// The path every receiver is reachable at: [`Receiver::url`] ends with it.
 pub const HOOK_PATH: &str = "/hook";
@@ -138,6 +142,10 @@ pub struct Recorded {
     /// The status answered, or 0 when the request got no response ([`Reply::Drop`],
     /// [`Reply::Hang`]). Already set when the request is recorded, before the reply is sent.
     pub replied: u16,
+    /// The HTTP version of the request: HTTP/2 only over TLS, when the client chose it by ALPN.
+    pub version: Version,
+    /// Over TLS, the DER of the first certificate the client presented (mTLS), if any.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl Recorded {
@@ -177,6 +185,8 @@ struct Inner {
 /// What the server's tasks and the [`Receiver`] share.
 struct Shared {
     addr: SocketAddr,
+    /// `Some` for an HTTPS receiver: every connection is a TLS handshake first.
+    tls: Option<TlsAcceptor>,
     state: Mutex<State>,
     /// Number of recorded requests, for [`Receiver::wait_for`].
     count: watch::Sender<usize>,
@@ -197,6 +207,17 @@ impl Receiver {
     /// Starts a receiver on `127.0.0.1:0` on the current tokio runtime. It answers `200 ok` until
     /// scripted otherwise.
     pub async fn start() -> Receiver {
+        Receiver::start_with(None)
+    }
+
+    /// Starts an HTTPS receiver on `127.0.0.1:0` with `config` (see [`crate::TestPki`]). It
+    /// serves HTTP/1.1 and HTTP/2, as the client chooses by ALPN among those `config` offers,
+    /// and records the client certificate of each request.
+    pub async fn start_tls(config: Arc<ServerConfig>) -> Receiver {
+        Receiver::start_with(Some(TlsAcceptor::from(config)))
+    }
+
+    fn start_with(tls: Option<TlsAcceptor>) -> Receiver {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .unwrap_or_else(|err| panic!("receiver: cannot bind 127.0.0.1:0: {err}"));
         let addr = listener
@@ -204,6 +225,7 @@ impl Receiver {
             .unwrap_or_else(|err| panic!("receiver: cannot read the bound address: {err}"));
         let shared = Arc::new(Shared {
             addr,
+            tls,
             state: Mutex::new(State {
                 default: Reply::ok(),
                 script: VecDeque::new(),
@@ -220,9 +242,13 @@ impl Receiver {
         }
     }
 
-    /// `http://127.0.0.1:PORT/hook`.
+    /// `http://127.0.0.1:PORT/hook`, or `https://localhost:PORT/hook` for an HTTPS receiver
+    /// (the name its test certificate is for).
     pub fn url(&self) -> String {
-        format!("http://{}{HOOK_PATH}", self.addr())
+        match self.inner.shared.tls {
+            None => format!("http://{}{HOOK_PATH}", self.addr()),
+            Some(_) => format!("https://localhost:{}{HOOK_PATH}", self.addr().port()),
+        }
     }
 
     /// The address the receiver listens on; the same across [`Receiver::restart`].
@@ -376,26 +402,60 @@ impl Shared {
     async fn serve_connection(self: Arc<Self>, stream: TcpStream) {
         // Signalled by a `Reply::Drop`: the connection is dropped without writing a response.
         let drop_connection = Arc::new(Notify::new());
-        let service = {
-            let shared = Arc::clone(&self);
-            let drop_connection = Arc::clone(&drop_connection);
-            service_fn(move |request| {
-                Arc::clone(&shared).handle(request, Arc::clone(&drop_connection))
-            })
+        let Some(acceptor) = self.tls.clone() else {
+            let service = self.service(&drop_connection, None);
+            let connection = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = drop_connection.notified() => {}
+            }
+            return;
         };
-        let connection = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
+        // A failed handshake (say, no client certificate where one is required) just ends the
+        // connection: the client sees the TLS error, and nothing is recorded.
+        let Ok(stream) = acceptor.accept(stream).await else {
+            return;
+        };
+        let client_cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec());
+        let service = self.service(&drop_connection, client_cert);
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::select! {
             _ = connection => {}
             () = drop_connection.notified() => {}
         }
     }
 
+    fn service(
+        self: &Arc<Self>,
+        drop_connection: &Arc<Notify>,
+        client_cert: Option<Vec<u8>>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future = impl Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send + 'static,
+    > + Clone
+    + 'static {
+        let shared = Arc::clone(self);
+        let drop_connection = Arc::clone(drop_connection);
+        service_fn(move |request| {
+            Arc::clone(&shared).handle(request, Arc::clone(&drop_connection), client_cert.clone())
+        })
+    }
+
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         drop_connection: Arc<Notify>,
+        client_cert: Option<Vec<u8>>,
     ) -> Result<Response<Full<Bytes>>, BoxError> {
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, BODY_BYTES_MAX)
@@ -423,6 +483,8 @@ impl Shared {
                 body,
                 at: Instant::now(),
                 replied: reply.final_status(),
+                version: parts.version,
+                client_cert,
             });
             self.count.send_replace(state.recorded.len());
             reply
@@ -677,6 +739,30 @@ mod tests {
             .map(|r| r.body)
             .collect();
         assert_eq!(bodies, [&b"before"[..], &b"after"[..]]);
+    }
+
+    #[tokio::test]
+    async fn a_tls_receiver_serves_https_and_records_the_version_and_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::TestPki::generate(dir.path());
+        let receiver = Receiver::start_tls(pki.server_config()).await;
+        assert!(receiver.url().starts_with("https://localhost:"));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(pki.client_config())
+            .https_only()
+            .enable_http2()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        let request = Request::post(receiver.url())
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let got = receiver.wait_for(1, WAIT).await;
+        assert_eq!(got[0].version, Version::HTTP_2);
+        assert_eq!(got[0].client_cert, None);
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
     pub security: SecurityConfig,
+    pub tls: TlsConfig,
     pub signing: SigningConfig,
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
@@ -39,6 +40,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             delivery: DeliveryConfig::default(),
             security: SecurityConfig::default(),
+            tls: TlsConfig::default(),
             signing: SigningConfig::default(),
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -102,6 +104,85 @@ impl SecurityConfig {
     }
 }
 
+/// HTTPS to receivers and TLS on the listener. File paths are PEM files, relative to the
+/// working directory; an empty path means none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// CA certificates trusted for receivers besides the roots below (a private PKI).
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Trust the operating system's certificate store for receivers.
+    pub use_system_roots: bool,
+    /// Trust the Mozilla roots built into the binary for receivers.
+    pub use_builtin_roots: bool,
+    /// Client certificate chain presented to receivers that ask for one (mTLS).
+    pub client_cert_file: PathBuf,
+    /// Private key of `client_cert_file`.
+    pub client_key_file: PathBuf,
+    /// Certificate chain of the API listener; set with `listen_key_file` to serve HTTPS.
+    pub listen_cert_file: PathBuf,
+    /// Private key of `listen_cert_file`.
+    pub listen_key_file: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> TlsConfig {
+        TlsConfig {
+            extra_ca_files: Vec::new(),
+            use_system_roots: false,
+            use_builtin_roots: true,
+            client_cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
+            listen_cert_file: PathBuf::new(),
+            listen_key_file: PathBuf::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// What the delivery client's TLS config is built from.
+    pub fn client_settings(&self) -> mailhook_delivery::tls::TlsClientSettings {
+        let set = |path: &PathBuf| (!path.as_os_str().is_empty()).then(|| path.clone());
+        mailhook_delivery::tls::TlsClientSettings {
+            extra_ca_files: self.extra_ca_files.clone(),
+            use_system_roots: self.use_system_roots,
+            use_builtin_roots: self.use_builtin_roots,
+            client_cert_file: set(&self.client_cert_file),
+            client_key_file: set(&self.client_key_file),
+        }
+    }
+
+    /// The listener's certificate and key files, when it serves HTTPS.
+    pub fn listen_files(&self) -> Option<(&Path, &Path)> {
+        (!self.listen_cert_file.as_os_str().is_empty()).then_some((
+            self.listen_cert_file.as_path(),
+            self.listen_key_file.as_path(),
+        ))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let pairs = [
+            ("client", &self.client_cert_file, &self.client_key_file),
+            ("listen", &self.listen_cert_file, &self.listen_key_file),
+        ];
+        for (what, cert, key) in pairs {
+            if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+                return Err(format!(
+                    "tls.{what}_cert_file and tls.{what}_key_file must be set together (or both left empty)"
+                ));
+            }
+        }
+        if let Some(i) = self
+            .extra_ca_files
+            .iter()
+            .position(|path| path.as_os_str().is_empty())
+        {
+            return Err(format!("tls.extra_ca_files[{i}] is empty: name a PEM file"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SigningConfig {
@@ -125,8 +206,24 @@ pub struct LimitsConfig {
     pub body_bytes_max: usize,
     /// Most events in one intake batch (400 above).
     pub batch_events_max: usize,
+    /// Longest string or key inside an event's `email` and `status`, in bytes (400 above).
+    pub string_bytes_max: usize,
+    /// Deepest nesting of arrays and objects in an intake body (400 above).
+    pub json_depth_max: usize,
     /// Most failures listed by one `GET .../failures` (`limit` above it is a 400).
     pub failures_limit_max: usize,
+    /// Events per second each account may post (429 with Retry-After above).
+    pub intake_events_per_second: u32,
+    /// Events an account may post at once after a quiet spell (the bucket's size).
+    pub intake_burst_events: u32,
+    /// Largest request head (request line and headers), in bytes (431 above).
+    pub header_bytes_max: usize,
+    /// Client connections open at once; past it, new ones wait in the listen backlog.
+    pub connections_max: usize,
+    /// A request's headers, and then its body, must arrive within this: a slow client is
+    /// cut off (the connection closed, or 408 for a slow body).
+    #[serde(with = "humantime_serde")]
+    pub request_read_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -134,7 +231,14 @@ impl Default for LimitsConfig {
         LimitsConfig {
             body_bytes_max: 8 * 1024 * 1024,
             batch_events_max: 1000,
+            string_bytes_max: 16 * 1024,
+            json_depth_max: 32,
             failures_limit_max: 1000,
+            intake_events_per_second: 50_000,
+            intake_burst_events: 100_000,
+            header_bytes_max: 16 * 1024,
+            connections_max: 4096,
+            request_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -225,6 +329,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.delivery.validate()?;
         self.store_location()?;
+        self.tls.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(format!(
                 "log.format = `{}` must be `text` or `json`",
@@ -243,6 +348,31 @@ impl Config {
                 "limits.batch_events_max = {} must be from 1 to 100000",
                 limits.batch_events_max
             ));
+        }
+        if limits.string_bytes_max < 256 || !(4..=128).contains(&limits.json_depth_max) {
+            return Err(format!(
+                "limits.string_bytes_max = {} must be at least 256 and limits.json_depth_max = {} from 4 to 128",
+                limits.string_bytes_max, limits.json_depth_max
+            ));
+        }
+        if limits.intake_events_per_second == 0
+            || limits.intake_burst_events < limits.batch_events_max as u32
+        {
+            return Err(format!(
+                "limits.intake_events_per_second must be at least 1 and limits.intake_burst_events = {} at least \
+                 limits.batch_events_max = {}, or a full batch could never pass",
+                limits.intake_burst_events, limits.batch_events_max
+            ));
+        }
+        if limits.header_bytes_max < 8192
+            || limits.connections_max == 0
+            || limits.request_read_timeout.is_zero()
+        {
+            return Err(
+                "limits.header_bytes_max must be at least 8192, limits.connections_max at least 1 \
+                        and limits.request_read_timeout above 0"
+                    .to_owned(),
+            );
         }
         if limits.failures_limit_max == 0 {
             return Err("limits.failures_limit_max must be at least 1".to_owned());
@@ -335,6 +465,47 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let mut config = Config::default();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.tls.listen_files(), None);
+        assert_eq!(config.tls.client_settings().client_cert_file, None);
+
+        config.tls.client_cert_file = PathBuf::from("client.pem");
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err,
+            "tls.client_cert_file and tls.client_key_file must be set together (or both left empty)"
+        );
+        config.tls.client_key_file = PathBuf::from("client.key");
+        assert!(config.validate().is_ok());
+        assert_eq!(
+            config.tls.client_settings().client_key_file,
+            Some(PathBuf::from("client.key"))
+        );
+
+        config.tls.listen_key_file = PathBuf::from("listen.key");
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.starts_with("tls.listen_cert_file and tls.listen_key_file"),
+            "{err}"
+        );
+        config.tls.listen_cert_file = PathBuf::from("listen.pem");
+        assert_eq!(
+            config.tls.listen_files(),
+            Some((Path::new("listen.pem"), Path::new("listen.key")))
+        );
+
+        config.tls.extra_ca_files = vec![PathBuf::new()];
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("tls.extra_ca_files[0]")
+        );
     }
 
     /// Every key of the config struct must appear in the commented reference, and the

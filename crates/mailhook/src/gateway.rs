@@ -15,7 +15,7 @@ use mailhook_core::settings::validate_settings;
 use mailhook_core::signature::{SECRET_BYTES, Secret};
 use mailhook_delivery::resolve::{GuardedResolver, Resolve, SystemResolver};
 use mailhook_delivery::{Dispatcher, SettingsCache, now_ms};
-use mailhook_server::{Api, ApiConfig, Server, Tokens};
+use mailhook_server::{Api, ApiConfig, Server, ServerOptions, Tokens};
 use mailhook_store::Store;
 use mailhook_store::sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
@@ -56,6 +56,16 @@ impl Gateway {
         resolver: Arc<dyn Resolve>,
     ) -> anyhow::Result<Gateway> {
         config.validate().map_err(anyhow::Error::msg)?;
+        // TLS files are read before anything starts, so a bad one stops the start at once.
+        let client_tls = mailhook_delivery::tls::client_config(&config.tls.client_settings())
+            .context("cannot set up TLS for deliveries")?;
+        let listen_tls = match config.tls.listen_files() {
+            Some((cert_file, key_file)) => Some(
+                mailhook_server::tls::acceptor(cert_file, key_file)
+                    .context("cannot set up TLS on the listener")?,
+            ),
+            None => None,
+        };
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir `{}`", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
@@ -96,22 +106,41 @@ impl Gateway {
             settings.clone(),
             bus.clone(),
             resolver,
+            client_tls,
         );
-        let api = Arc::new(Api {
-            config: ApiConfig {
+        let limits = &config.limits;
+        let api = Arc::new(Api::new(
+            ApiConfig {
                 tokens: tokens.clone(),
-                body_bytes_max: config.limits.body_bytes_max,
-                batch_events_max: config.limits.batch_events_max,
+                body_bytes_max: limits.body_bytes_max,
+                batch_events_max: limits.batch_events_max,
+                string_bytes_max: limits.string_bytes_max,
+                json_depth_max: limits.json_depth_max,
+                request_read_timeout: limits.request_read_timeout,
+                intake_events_per_second: limits.intake_events_per_second,
+                intake_burst_events: limits.intake_burst_events,
                 secret_grace: config.signing.secret_rotation_grace,
-                failures_limit_max: config.limits.failures_limit_max,
+                failures_limit_max: limits.failures_limit_max,
                 address_policy: policy,
             },
-            store: store.clone(),
+            store.clone(),
             settings,
             bus,
-        });
-        let server = Server::start(listener, api, config.shutdown.grace)?;
-        tracing::info!(listen = %server.local_addr(), "mailhook is up");
+        ));
+        let scheme = if listen_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let options = ServerOptions {
+            grace: config.shutdown.grace,
+            tls: listen_tls,
+            connections_max: config.limits.connections_max,
+            header_bytes_max: config.limits.header_bytes_max,
+            header_read_timeout: config.limits.request_read_timeout,
+        };
+        let server = Server::start(listener, api, options)?;
+        tracing::info!(listen = %server.local_addr(), scheme, "mailhook is up");
         Ok(Gateway {
             server,
             dispatcher,
