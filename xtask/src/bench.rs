@@ -1,12 +1,653 @@
-//! `cargo xtask bench`: timing goals, measured outside the test suite (not written yet).
+//! `cargo xtask bench`: the gateway's throughput and latency against raw HTTP baselines.
+//!
+//! Three runs on 127.0.0.1, each with a fresh in-process sink: POSTing the batches straight
+//! to the sink (what intake costs without the gateway), POSTing each event on its own
+//! straight to the sink (what delivery costs without the gateway), then the release gateway
+//! taking the batches on `/v1/events` and pushing every event to the sink. The ratio of the
+//! gateway's end-to-end rate to the raw one-per-POST rate is the number the issue sets a
+//! target for.
 
-use anyhow::{Result, bail};
+mod gateway;
+mod load;
+mod sink;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::time::Instant;
+
+use self::gateway::Gateway;
+use self::load::{Intake, Payloads, Run};
+use self::sink::Sink;
+
+/// Names the gateway binary to bench; set by `cargo xtask bench` on the optimized xtask it
+/// starts, which then skips the build. Set by hand, it benches a binary built elsewhere.
+const GATEWAY_BIN_ENV: &str = "XTASK_BENCH_GATEWAY_BIN";
+/// The issue's goal: delivered events/s at least this share of the raw one-per-POST rate.
+const TARGET_RATIO: f64 = 0.5;
+/// The gateway must have delivered every event within this after the first intake POST.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a progress line is printed during the gateway run.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often the gateway run looks at the sink's count.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+/// Most events one bench holds in memory (each is ~350 bytes, kept twice).
+const EVENTS_MAX: usize = 10_000_000;
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Events to send [default: 200000, or 20000 with --quick].
+    #[arg(long, value_name = "N")]
+    events: Option<usize>,
+    /// Events per intake POST (and per raw batched POST).
+    #[arg(long, value_name = "B", default_value_t = 100)]
+    batch: usize,
+    /// Concurrent load clients POSTing batches (to the gateway, and in the raw batched run).
+    #[arg(long, value_name = "C", default_value_t = 8)]
+    clients: usize,
+    /// The gateway's `delivery.concurrency`; the raw one-per-POST run uses as many senders.
+    #[arg(long, value_name = "D", default_value_t = 256)]
+    delivery_concurrency: usize,
+    /// The gateway's `delivery.in_flight_per_address_max` [default: the gateway's own].
+    /// Every push goes to the one sink address, so this caps the gateway's concurrency too.
+    #[arg(long, value_name = "K")]
+    in_flight_per_address: Option<usize>,
+    /// A smoke run: 20000 events unless --events is given.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Keep the temp dir (the gateway's config and data) and print where it is.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The options after defaults and checks.
+struct Plan {
+    events: usize,
+    batch: usize,
+    clients: usize,
+    delivery_concurrency: usize,
+    in_flight_per_address: Option<usize>,
+}
 
 pub fn run(args: Args) -> Result<()> {
-    let Args {} = args;
-    bail!("not yet")
+    // Checked before minutes of building.
+    let plan = plan(&args)?;
+    let root = crate::workspace_root();
+    if let Some(bin) = std::env::var_os(GATEWAY_BIN_ENV) {
+        return bench(&args, &plan, &root, Path::new(&bin));
+    }
+    crate::run(crate::cargo(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "mailhook",
+        "--bin",
+        "mailhook",
+    ]))?;
+    let release = gateway::target_dir(&root)?.join("release");
+    let bin = release.join("mailhook");
+    ensure!(
+        bin.is_file(),
+        "{} is missing after the build",
+        bin.display()
+    );
+    if cfg!(debug_assertions) {
+        // `cargo xtask` is a debug build, and the load clients and the sink are both the raw
+        // baselines and the gateway's neighbours on the CPUs: unoptimized, they would make the
+        // baselines slow and steal CPU from the gateway. So the bench runs in an optimized
+        // xtask, built and started here.
+        crate::run(crate::cargo(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "xtask",
+            "--bin",
+            "xtask",
+        ]))?;
+        return crate::run(
+            std::process::Command::new(release.join("xtask"))
+                .args(std::env::args_os().skip(1))
+                .env(GATEWAY_BIN_ENV, &bin),
+        );
+    }
+    bench(&args, &plan, &root, &bin)
+}
+
+/// Measures with the gateway binary `bin`, in this process.
+fn bench(args: &Args, plan: &Plan, root: &Path, bin: &Path) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("mailhook-bench-")
+        .tempdir()
+        .context("cannot create a temp dir")?;
+    let (_cleanup, dir_path) = if args.keep {
+        let path = dir.keep();
+        eprintln!("bench: keeping {}", path.display());
+        (None, path)
+    } else {
+        let path = dir.path().to_path_buf();
+        (Some(dir), path)
+    };
+
+    let machine = machine();
+    let commit = commit(root);
+    eprintln!("bench: generating {} events", plan.events);
+    let payloads = Arc::new(Payloads::generate(plan.events, plan.batch));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let results = runtime.block_on(measure(plan, &payloads, bin, &dir_path))?;
+    // Connection tasks of the sinks and clients end with the runtime.
+    drop(runtime);
+
+    let header = format!(
+        "mailhook bench: {} events ({} B each), batches of {}, {} clients, delivery concurrency {}, \
+         in-flight per address {}, {} CPUs ({}), load {}, commit {}",
+        plan.events,
+        payloads.mean_event_bytes(),
+        plan.batch,
+        plan.clients,
+        plan.delivery_concurrency,
+        plan.in_flight_per_address
+            .map_or_else(|| "gateway default".to_owned(), |k| k.to_string()),
+        machine.cpus,
+        machine.model,
+        machine
+            .load_1m
+            .map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}")),
+        commit,
+    );
+    print_report(&header, &results);
+    if let Some(path) = &args.json {
+        let json = json_report(
+            plan,
+            &machine,
+            &commit,
+            payloads.mean_event_bytes(),
+            &results,
+        );
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn plan(args: &Args) -> Result<Plan> {
+    let events = args
+        .events
+        .unwrap_or(if args.quick { 20_000 } else { 200_000 });
+    ensure!(
+        (1..=EVENTS_MAX).contains(&events),
+        "--events {events} must be from 1 to {EVENTS_MAX}"
+    );
+    // 1000 is the gateway's default `limits.batch_events_max`.
+    ensure!(
+        (1..=1000).contains(&args.batch),
+        "--batch {} must be from 1 to 1000",
+        args.batch
+    );
+    ensure!(
+        (1..=1024).contains(&args.clients),
+        "--clients {} must be from 1 to 1024",
+        args.clients
+    );
+    ensure!(
+        (1..=4096).contains(&args.delivery_concurrency),
+        "--delivery-concurrency {} must be from 1 to 4096",
+        args.delivery_concurrency
+    );
+    if let Some(k) = args.in_flight_per_address {
+        ensure!(
+            (1..=4096).contains(&k),
+            "--in-flight-per-address {k} must be from 1 to 4096"
+        );
+    }
+    Ok(Plan {
+        events,
+        batch: args.batch,
+        clients: args.clients,
+        delivery_concurrency: args.delivery_concurrency,
+        in_flight_per_address: args.in_flight_per_address,
+    })
+}
+
+/// One line of the report.
+struct Row {
+    name: &'static str,
+    events_per_s: f64,
+    latency: Latency,
+    rss_peak_mib: Option<f64>,
+    gateway_cpu_per_100k: Option<f64>,
+    bench_cpu_per_100k: Option<f64>,
+}
+
+/// Percentiles, in milliseconds.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Latency {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            // Nearest rank: the smallest sample with at least q of all at or below it.
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1].as_secs_f64() * 1000.0
+        };
+        Latency {
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: at(1.0),
+        }
+    }
+}
+
+struct Results {
+    raw_batched: Row,
+    raw_one_per_post: Row,
+    intake: Row,
+    end_to_end: Row,
+    /// Intake batches retried after a 503 (store busy) and after a 429 (rate limit).
+    busy_retries: usize,
+    throttled_retries: usize,
+    repeated_deliveries: usize,
+    store_bytes: u64,
+}
+
+impl Results {
+    fn ratio(&self) -> f64 {
+        self.end_to_end.events_per_s / self.raw_one_per_post.events_per_s
+    }
+}
+
+async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) -> Result<Results> {
+    eprintln!(
+        "bench: raw, batched POSTs to the sink ({} clients)",
+        plan.clients
+    );
+    let raw_batched = raw(plan, payloads, Raw::Batched).await?;
+    eprintln!(
+        "bench: raw, one POST per event to the sink ({} senders)",
+        plan.delivery_concurrency
+    );
+    let raw_one_per_post = raw(plan, payloads, Raw::OnePerPost).await?;
+    eprintln!("bench: gateway");
+    let gateway = through_gateway(plan, payloads, bin, dir).await?;
+    Ok(Results {
+        raw_batched,
+        raw_one_per_post,
+        intake: gateway.intake,
+        end_to_end: gateway.end_to_end,
+        busy_retries: gateway.busy_retries,
+        throttled_retries: gateway.throttled_retries,
+        repeated_deliveries: gateway.repeated_deliveries,
+        store_bytes: gateway.store_bytes,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Raw {
+    Batched,
+    OnePerPost,
+}
+
+async fn raw(plan: &Plan, payloads: &Arc<Payloads>, kind: Raw) -> Result<Row> {
+    let sink = Sink::start(plan.events).await?;
+    let uri = sink.url().parse()?;
+    let client = load::http_client();
+    let cpu_before = own_cpu_seconds()?;
+    let run = match kind {
+        Raw::Batched => load::raw_batched(&client, &uri, payloads, plan.clients).await?,
+        Raw::OnePerPost => {
+            load::raw_one_per_post(&client, &uri, payloads, plan.delivery_concurrency).await?
+        }
+    };
+    let cpu = own_cpu_seconds()? - cpu_before;
+    // The sink records before it answers, so every event is in by now.
+    let arrived = sink.arrivals.distinct();
+    ensure!(
+        arrived == plan.events && sink.arrivals.foreign() == 0,
+        "the sink recorded {arrived} of {} events ({} unrecognised requests)",
+        plan.events,
+        sink.arrivals.foreign()
+    );
+    let Run {
+        started,
+        finished,
+        round_trips,
+    } = run;
+    Ok(Row {
+        name: match kind {
+            Raw::Batched => "raw, batched POSTs to sink",
+            Raw::OnePerPost => "raw, one POST per event",
+        },
+        events_per_s: rate(plan.events, finished - started),
+        latency: Latency::of(round_trips),
+        rss_peak_mib: None,
+        gateway_cpu_per_100k: None,
+        bench_cpu_per_100k: Some(per_100k(cpu, plan.events)),
+    })
+}
+
+struct GatewayRows {
+    intake: Row,
+    end_to_end: Row,
+    busy_retries: usize,
+    throttled_retries: usize,
+    repeated_deliveries: usize,
+    store_bytes: u64,
+}
+
+async fn through_gateway(
+    plan: &Plan,
+    payloads: &Arc<Payloads>,
+    bin: &Path,
+    dir: &Path,
+) -> Result<GatewayRows> {
+    let sink = Sink::start(plan.events).await?;
+    let sink_url = sink.url();
+    let data_dir = dir.join("data");
+    let settings = gateway::Settings {
+        data_dir: &data_dir,
+        sink_url: &sink_url,
+        delivery_concurrency: plan.delivery_concurrency,
+        in_flight_per_address: plan.in_flight_per_address,
+    };
+    let client = load::http_client();
+    let mut gateway = Gateway::start(bin, dir, &settings, &client).await?;
+    let intake = Arc::new(Intake::new(payloads.batches.len()));
+    let intake_uri: hyper::Uri = format!("http://{}/v1/events", gateway.addr).parse()?;
+
+    // Start-up work is not part of the run.
+    let gateway_cpu_before = gateway.cpu_seconds()?;
+    let own_cpu_before = own_cpu_seconds()?;
+    let started = Instant::now();
+    let mut load = Some(tokio::spawn({
+        let (client, payloads, intake) = (client.clone(), payloads.clone(), intake.clone());
+        let clients = plan.clients;
+        async move {
+            load::gateway_intake(
+                &client,
+                &intake_uri,
+                gateway::INTAKE_TOKEN,
+                &payloads,
+                clients,
+                &intake,
+            )
+            .await
+        }
+    }));
+    let mut run = None;
+    let mut next_progress = started + PROGRESS_EVERY;
+    loop {
+        if let Some(task) = load.take_if(|task| task.is_finished()) {
+            match task.await.context("the intake load panicked")? {
+                Ok(done) => run = Some(done),
+                Err(err) => {
+                    // A dead gateway shows as a connection error first: say what happened.
+                    if let Some(status) = gateway.exit_within(Duration::from_secs(1)).await {
+                        bail!("the gateway exited with {status} during the intake ({err:#})");
+                    }
+                    return Err(err.context("intake failed"));
+                }
+            }
+        }
+        let delivered = sink.arrivals.distinct();
+        if run.is_some() && delivered >= plan.events {
+            break;
+        }
+        gateway.check_running()?;
+        let now = Instant::now();
+        if now >= next_progress {
+            eprintln!(
+                "bench:   {:>5.1} s: accepted {}/{}, delivered {}/{}",
+                (now - started).as_secs_f64(),
+                intake.accepted.load(Ordering::Relaxed),
+                plan.events,
+                delivered,
+                plan.events
+            );
+            next_progress += PROGRESS_EVERY;
+        }
+        if now - started > DELIVERY_TIMEOUT {
+            bail!(
+                "the gateway delivered {delivered} of {} events within {DELIVERY_TIMEOUT:?}",
+                plan.events
+            );
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    let gateway_cpu = gateway.cpu_seconds()? - gateway_cpu_before;
+    let own_cpu = own_cpu_seconds()? - own_cpu_before;
+    let rss_peak_mib = gateway.rss_peak_bytes()? as f64 / (1024.0 * 1024.0);
+    gateway.stop().await?;
+    let store_bytes = gateway::dir_bytes(&data_dir);
+
+    let run = run.expect("the loop ends only after the intake run");
+    let arrivals = &sink.arrivals;
+    ensure!(
+        arrivals.foreign() == 0,
+        "the sink got {} requests that are not bench events",
+        arrivals.foreign()
+    );
+    let delivery_latency = (0..plan.events)
+        .map(|i| {
+            let arrived = arrivals.first(i).expect("every event arrived");
+            // A push can reach the sink before the client has read the 202 of its batch.
+            arrived.saturating_duration_since(intake.accepted_at(i / plan.batch))
+        })
+        .collect();
+    let last_delivery = arrivals.last().expect("every event arrived");
+    Ok(GatewayRows {
+        intake: Row {
+            name: "gateway intake (accepted)",
+            events_per_s: rate(plan.events, run.finished - run.started),
+            latency: Latency::of(run.round_trips),
+            rss_peak_mib: None,
+            gateway_cpu_per_100k: None,
+            bench_cpu_per_100k: None,
+        },
+        end_to_end: Row {
+            name: "gateway end to end (delivered)",
+            events_per_s: rate(plan.events, last_delivery - run.started),
+            latency: Latency::of(delivery_latency),
+            rss_peak_mib: Some(rss_peak_mib),
+            gateway_cpu_per_100k: Some(per_100k(gateway_cpu, plan.events)),
+            bench_cpu_per_100k: Some(per_100k(own_cpu, plan.events)),
+        },
+        busy_retries: intake.busy_retries.load(Ordering::Relaxed),
+        throttled_retries: intake.throttled_retries.load(Ordering::Relaxed),
+        repeated_deliveries: arrivals.repeats(),
+        store_bytes,
+    })
+}
+
+fn rate(events: usize, elapsed: Duration) -> f64 {
+    events as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn per_100k(cpu_seconds: f64, events: usize) -> f64 {
+    cpu_seconds * 100_000.0 / events as f64
+}
+
+/// CPU seconds of this process: the load clients and the sink.
+fn own_cpu_seconds() -> Result<f64> {
+    gateway::cpu_seconds("/proc/self/stat")
+}
+
+fn print_report(header: &str, results: &Results) {
+    println!("{header}");
+    println!(
+        "{:<32}{:>10}{:>9}{:>9}{:>9}{:>9}{:>14}{:>15}{:>17}",
+        "scenario",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "max ms",
+        "peak RSS MiB",
+        "gw CPU s/100k",
+        "bench CPU s/100k"
+    );
+    let optional = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    for row in [
+        &results.raw_batched,
+        &results.raw_one_per_post,
+        &results.intake,
+        &results.end_to_end,
+    ] {
+        let Latency {
+            p50,
+            p99,
+            p999,
+            max,
+        } = row.latency;
+        println!(
+            "{:<32}{:>10.0}{p50:>9.2}{p99:>9.2}{p999:>9.2}{max:>9.2}{:>14}{:>15}{:>17}",
+            row.name,
+            row.events_per_s,
+            row.rss_peak_mib
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
+            optional(row.gateway_cpu_per_100k),
+            optional(row.bench_cpu_per_100k),
+        );
+    }
+    println!(
+        "latency: raw and intake rows = request round trip; end to end = 202 received -> first arrival at the sink"
+    );
+    println!(
+        "gateway: {} intake batches retried after 503, {} after 429; {} repeated deliveries; \
+         store {:.1} MiB after the run",
+        results.busy_retries,
+        results.throttled_retries,
+        results.repeated_deliveries,
+        results.store_bytes as f64 / (1024.0 * 1024.0)
+    );
+    let ratio = results.ratio();
+    println!(
+        "ratio delivered / raw one-per-POST: {ratio:.3}   (target >= {TARGET_RATIO:.2}: {})",
+        if ratio >= TARGET_RATIO {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
+
+fn json_report(
+    plan: &Plan,
+    machine: &Machine,
+    commit: &str,
+    event_bytes: usize,
+    results: &Results,
+) -> serde_json::Value {
+    let row = |row: &Row| {
+        serde_json::json!({
+            "name": row.name,
+            "events_per_s": row.events_per_s,
+            "latency_ms": {
+                "p50": row.latency.p50,
+                "p99": row.latency.p99,
+                "p999": row.latency.p999,
+                "max": row.latency.max,
+            },
+            "peak_rss_mib": row.rss_peak_mib,
+            "gateway_cpu_s_per_100k": row.gateway_cpu_per_100k,
+            "bench_cpu_s_per_100k": row.bench_cpu_per_100k,
+        })
+    };
+    serde_json::json!({
+        "events": plan.events,
+        "event_bytes": event_bytes,
+        "batch": plan.batch,
+        "clients": plan.clients,
+        "delivery_concurrency": plan.delivery_concurrency,
+        "in_flight_per_address": plan.in_flight_per_address,
+        "machine": { "cpus": machine.cpus, "model": machine.model, "load_1m": machine.load_1m },
+        "commit": commit,
+        "scenarios": {
+            "raw_batched": row(&results.raw_batched),
+            "raw_one_per_post": row(&results.raw_one_per_post),
+            "gateway_intake": row(&results.intake),
+            "gateway_end_to_end": row(&results.end_to_end),
+        },
+        "latency_meaning": {
+            "raw_batched": "request round trip",
+            "raw_one_per_post": "request round trip",
+            "gateway_intake": "request round trip",
+            "gateway_end_to_end": "202 received to first arrival at the sink",
+        },
+        "intake_retries_503": results.busy_retries,
+        "intake_retries_429": results.throttled_retries,
+        "repeated_deliveries": results.repeated_deliveries,
+        "store_bytes": results.store_bytes,
+        "ratio_delivered_to_raw_one_per_post": results.ratio(),
+        "target_ratio": TARGET_RATIO,
+    })
+}
+
+struct Machine {
+    cpus: usize,
+    model: String,
+    /// The 1-minute load average when the bench started: other work on the machine skews
+    /// every number, and this shows it.
+    load_1m: Option<f64>,
+}
+
+fn machine() -> Machine {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let load_1m = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|load| load.split_whitespace().next()?.parse().ok());
+    Machine {
+        cpus,
+        model,
+        load_1m,
+    }
+}
+
+/// `git rev-parse --short HEAD`, with `+dirty` when tracked files have changed.
+fn commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".to_owned();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if !changes.is_empty() => format!("{head}+dirty"),
+        _ => head,
+    }
 }

@@ -18,12 +18,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// The full suite a fresh machine can run: builds the gateway binary, then runs every test
-    /// (nextest when installed, else `cargo test`), without doctests.
+    /// The full suite a fresh machine can run: builds the gateway binary, runs every test
+    /// (nextest when installed, else `cargo test`, without doctests), then the end-to-end
+    /// suite again on PostgreSQL (the local server, as `.ci/run` starts it).
     Test(TestArgs),
     /// What CI checks: `cargo fmt --check`, clippy with `-D warnings`, then `test`.
     Ci(TestArgs),
-    /// Timing goals (not written yet).
+    /// Timing goals: the release gateway's throughput and latency against raw HTTP
+    /// baselines on this machine.
     Bench(bench::Args),
 }
 
@@ -68,17 +70,38 @@ fn ci(root: &Path, args: &TestArgs) -> Result<()> {
 fn test(root: &Path, args: &TestArgs) -> Result<()> {
     // The end-to-end tests spawn this binary from the target dir: build it first so it is fresh.
     run(cargo(root).args(["build", "-p", "mailhook", "--bin", "mailhook"]))?;
-    let mut tests = cargo(root);
-    if nextest_installed(root) {
-        // nextest does not run doctests.
-        tests.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
-    } else {
+    let nextest = nextest_installed(root);
+    if !nextest {
         eprintln!("xtask: cargo-nextest not found, using cargo test");
-        // `--tests` selects lib, bin and integration test targets, leaving out doctests.
-        tests.args(["test", "--workspace", "--no-fail-fast", "--tests"]);
     }
-    tests.args(&args.args);
-    run(&mut tests)
+    // Pass 1: every test of the workspace; end-to-end gateways on the embedded SQLite store.
+    // The PostgreSQL store's own tests and the multi-node tests (`tests/cluster`) run here too.
+    let mut all = test_command(root, nextest, &["--workspace"]);
+    all.args(&args.args);
+    let first = run(&mut all);
+    // Pass 2: the same end-to-end suite (`tests/it`) again, every gateway on a fresh
+    // PostgreSQL database of the local server (see `mailhook_test_support::STORE_ENV`).
+    let mut on_postgres = test_command(root, nextest, &["-p", "mailhook-tests", "--test", "it"]);
+    on_postgres.env("MAILHOOK_TEST_STORE", "postgres");
+    on_postgres.args(&args.args);
+    let second = run(&mut on_postgres);
+    first.context("the test pass on SQLite failed")?;
+    second.context("the end-to-end pass on PostgreSQL failed")
+}
+
+/// `cargo nextest run` (or `cargo test` without nextest) on `selection`, never stopping at
+/// the first failure, without doctests.
+fn test_command(root: &Path, nextest: bool, selection: &[&str]) -> Command {
+    let mut tests = cargo(root);
+    if nextest {
+        // nextest does not run doctests.
+        tests.args(["nextest", "run", "--no-fail-fast"]);
+    } else {
+        // `--tests` selects lib, bin and integration test targets, leaving out doctests.
+        tests.args(["test", "--no-fail-fast", "--tests"]);
+    }
+    tests.args(selection);
+    tests
 }
 
 fn nextest_installed(root: &Path) -> bool {

@@ -1,0 +1,243 @@
+//! The gateway under test: the release binary as a child process on a fresh data dir, its
+//! config written here, and what `/proc` says about its memory and CPU.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, StatusCode};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::load::HttpClient;
+
+pub const INTAKE_TOKEN: &str = "bench-intake-token-0123456789";
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
+/// The six event types, all subscribed so nothing is skipped.
+const EVENT_TYPES: [&str; 6] = ["send", "delivery", "open", "click", "bounce", "complaint"];
+
+/// How long the gateway may take to answer `/healthz` after its start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long it may take to exit after SIGTERM (its shutdown grace is 10 s by default).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Linux reports process CPU time in clock ticks of USER_HZ, which is 100 on every
+/// architecture it runs on; asking `sysconf` would need libc for a constant.
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// What the bench sets in the gateway's config.
+pub struct Settings<'a> {
+    pub data_dir: &'a Path,
+    pub sink_url: &'a str,
+    pub delivery_concurrency: usize,
+    /// `delivery.in_flight_per_address_max`; `None` keeps the gateway's default.
+    pub in_flight_per_address: Option<usize>,
+}
+
+/// The running gateway; killed (SIGKILL) if dropped before [`Gateway::stop`].
+pub struct Gateway {
+    child: Child,
+    pid: Pid,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Writes `dir/mailhook.toml`, starts `bin` on it and returns once `/healthz` answers 200.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        settings: &Settings<'_>,
+        client: &HttpClient,
+    ) -> Result<Gateway> {
+        let addr = free_port()?;
+        let config_path = dir.join("mailhook.toml");
+        std::fs::write(&config_path, config_toml(addr, settings)?)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let mut command = Command::new(bin);
+        command.arg("--config").arg(&config_path).arg("serve");
+        // The config file alone decides: `MAILHOOK_...` variables would override its keys,
+        // and RUST_LOG its `warn`.
+        command.env_remove("RUST_LOG");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("MAILHOOK_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let id = child.id().context("the gateway exited at once")?;
+        let pid = Pid::from_raw(i32::try_from(id).context("pid out of range")?);
+        let mut gateway = Gateway { child, pid, addr };
+        gateway.wait_healthy(client).await?;
+        Ok(gateway)
+    }
+
+    async fn wait_healthy(&mut self, client: &HttpClient) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let uri: hyper::Uri = format!("http://{}/healthz", self.addr).parse()?;
+        loop {
+            let request = Request::get(uri.clone()).body(Full::new(Bytes::new()))?;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(1), client.request(request)).await;
+            if let Ok(Ok(response)) = answer
+                && response.status() == StatusCode::OK
+            {
+                return Ok(());
+            }
+            self.check_running()?;
+            if Instant::now() >= deadline {
+                bail!("the gateway did not answer /healthz within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Fails when the gateway has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => bail!("the gateway exited unexpectedly with {status}"),
+            None => Ok(()),
+        }
+    }
+
+    /// The exit status, if the gateway exits within `wait`.
+    pub async fn exit_within(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(wait, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in bytes.
+    pub fn rss_peak_bytes(&self) -> Result<u64> {
+        rss_peak_bytes(&format!("/proc/{}/status", self.pid))
+    }
+
+    /// User plus system CPU time used so far, in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(&format!("/proc/{}/stat", self.pid))
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after [`STOP_TIMEOUT`]).
+    pub async fn stop(mut self) -> Result<()> {
+        kill(self.pid, Signal::SIGTERM).context("cannot send SIGTERM to the gateway")?;
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if !status.success() {
+                    eprintln!("bench: the gateway exited with {status} after SIGTERM");
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.child.kill().await?;
+                bail!("the gateway did not exit within {STOP_TIMEOUT:?} of SIGTERM")
+            }
+        }
+    }
+}
+
+/// The config file: loopback, fixed tokens, one account pushing every type to the sink.
+fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
+    let mut delivery = serde_json::json!({ "concurrency": settings.delivery_concurrency });
+    if let Some(in_flight) = settings.in_flight_per_address {
+        delivery["in_flight_per_address_max"] = in_flight.into();
+    }
+    let config = serde_json::json!({
+        "listen": addr.to_string(),
+        "data_dir": settings.data_dir.to_str().context("the temp dir is not UTF-8")?,
+        "auth": { "intake_tokens": [INTAKE_TOKEN], "admin_tokens": [ADMIN_TOKEN] },
+        "delivery": delivery,
+        "security": { "allow_private_addresses": true },
+        "log": { "level": "warn" },
+        "accounts": [{
+            "id": "default",
+            "enabled": true,
+            "addresses": [settings.sink_url],
+            "events": EVENT_TYPES,
+        }],
+    });
+    // The toml crate escapes paths and places tables after plain keys, as TOML requires.
+    Ok(toml::to_string(&config)?)
+}
+
+/// A port that was free a moment ago (the gateway binds it right after).
+fn free_port() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// `VmHWM` of a `/proc/<pid>/status` file, in bytes.
+pub fn rss_peak_bytes(status_path: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(status_path)
+        .with_context(|| format!("cannot read {status_path}"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .with_context(|| format!("no VmHWM line in {status_path}"))?;
+    Ok(kib * 1024)
+}
+
+/// utime + stime of a `/proc/<pid>/stat` file, in seconds.
+pub fn cpu_seconds(stat_path: &str) -> Result<f64> {
+    let stat =
+        std::fs::read_to_string(stat_path).with_context(|| format!("cannot read {stat_path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    // utime and stime are fields 14 and 15, i.e. 12 and 13 after the name.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |n: usize| fields.get(n).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(utime), Some(stime)) => Ok((utime + stime) as f64 / CLOCK_TICKS_PER_S),
+        _ => bail!("cannot read utime and stime from {stat_path}"),
+    }
+}
+
+/// Bytes of the files under `dir` (the store's size after the run).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Where cargo puts build outputs (respects `CARGO_TARGET_DIR` and `build.target-dir`).
+pub fn target_dir(root: &Path) -> Result<PathBuf> {
+    let output = crate::cargo(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed: {}", output.status);
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata printed no JSON")?;
+    let dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
