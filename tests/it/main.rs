@@ -1,12 +1,21 @@
 //! End-to-end tests: the gateway (in-process or the real binary) on 127.0.0.1 with a real
 //! SQLite file, real HTTP receivers scripted to fail, and nothing mocked.
 
+mod console;
 mod delivery;
+mod disk_full;
 mod durability;
+mod hostile;
 mod intake;
 mod limits;
+mod metrics;
+mod openapi;
+mod plugins;
+mod retention;
 mod security;
 mod settings;
+mod store_faults;
+mod test_push;
 mod tls;
 
 use std::time::Duration;

@@ -9,6 +9,8 @@
 
 mod gateway;
 mod load;
+mod pg;
+mod plugin;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +67,22 @@ pub struct Args {
     /// Keep the temp dir (the gateway's config and data) and print where it is.
     #[arg(long)]
     keep: bool,
+    /// The gateway's store. `postgres` runs the gateway twice, on the embedded SQLite store
+    /// and then on a fresh database of the local PostgreSQL server (`MAILHOOK_BENCH_PG`,
+    /// default postgres://postgres@127.0.0.1:5432), and reports both side by side.
+    #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
+    store: StoreArg,
+    /// A transform plugin (`.wasm`, e.g. from `cargo xtask plugins`) to run on every event:
+    /// the gateway runs again with it, and the report sets its throughput next to the run
+    /// without and gives the plugin's per-call p50/p99.
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreArg {
+    Sqlite,
+    Postgres,
 }
 
 /// The options after defaults and checks.
@@ -74,6 +92,9 @@ struct Plan {
     clients: usize,
     delivery_concurrency: usize,
     in_flight_per_address: Option<usize>,
+    store: StoreArg,
+    /// The transform plugin to bench, absolute.
+    plugin: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -217,6 +238,14 @@ fn plan(args: &Args) -> Result<Plan> {
         clients: args.clients,
         delivery_concurrency: args.delivery_concurrency,
         in_flight_per_address: args.in_flight_per_address,
+        store: args.store,
+        plugin: match &args.plugin {
+            Some(path) => Some(
+                std::fs::canonicalize(path)
+                    .with_context(|| format!("--plugin {}: no such file", path.display()))?,
+            ),
+            None => None,
+        },
     })
 }
 
@@ -268,6 +297,10 @@ struct Results {
     throttled_retries: usize,
     repeated_deliveries: usize,
     store_bytes: u64,
+    /// The same gateway run on PostgreSQL (`--store postgres`).
+    postgres: Option<GatewayRows>,
+    /// The same gateway run with a transform plugin on every event (`--plugin`).
+    plugin: Option<GatewayRows>,
 }
 
 impl Results {
@@ -287,8 +320,40 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         plan.delivery_concurrency
     );
     let raw_one_per_post = raw(plan, payloads, Raw::OnePerPost).await?;
-    eprintln!("bench: gateway");
-    let gateway = through_gateway(plan, payloads, bin, dir).await?;
+    eprintln!("bench: gateway on SQLite");
+    let gateway = through_gateway(plan, payloads, bin, dir, None, None).await?;
+    let postgres = match plan.store {
+        StoreArg::Sqlite => None,
+        StoreArg::Postgres => {
+            let db = pg::BenchDatabase::create().await?;
+            eprintln!("bench: gateway on PostgreSQL");
+            let run = through_gateway(
+                plan,
+                payloads,
+                bin,
+                &dir.join("postgres"),
+                Some(&db.url),
+                None,
+            )
+            .await;
+            let size = db.size_bytes().await;
+            db.drop_database().await?;
+            let mut run = run?;
+            run.store_bytes = size?;
+            Some(run)
+        }
+    };
+    let plugin = match &plan.plugin {
+        Some(path) => {
+            eprintln!(
+                "bench: gateway on SQLite with plugin {} on every event",
+                path.display()
+            );
+            let dir = dir.join("plugin");
+            Some(through_gateway(plan, payloads, bin, &dir, None, Some(path)).await?)
+        }
+        None => None,
+    };
     Ok(Results {
         raw_batched,
         raw_one_per_post,
@@ -298,6 +363,8 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         throttled_retries: gateway.throttled_retries,
         repeated_deliveries: gateway.repeated_deliveries,
         store_bytes: gateway.store_bytes,
+        postgres,
+        plugin,
     })
 }
 
@@ -352,6 +419,8 @@ struct GatewayRows {
     throttled_retries: usize,
     repeated_deliveries: usize,
     store_bytes: u64,
+    /// The plugin's calls, from the gateway's metrics (runs with `--plugin`).
+    plugin_calls: Option<plugin::Calls>,
 }
 
 async fn through_gateway(
@@ -359,15 +428,20 @@ async fn through_gateway(
     payloads: &Arc<Payloads>,
     bin: &Path,
     dir: &Path,
+    store_url: Option<&str>,
+    plugin: Option<&Path>,
 ) -> Result<GatewayRows> {
     let sink = Sink::start(plan.events).await?;
     let sink_url = sink.url();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let data_dir = dir.join("data");
     let settings = gateway::Settings {
         data_dir: &data_dir,
         sink_url: &sink_url,
         delivery_concurrency: plan.delivery_concurrency,
         in_flight_per_address: plan.in_flight_per_address,
+        store_url,
+        plugin,
     };
     let client = load::http_client();
     let mut gateway = Gateway::start(bin, dir, &settings, &client).await?;
@@ -436,6 +510,10 @@ async fn through_gateway(
     let gateway_cpu = gateway.cpu_seconds()? - gateway_cpu_before;
     let own_cpu = own_cpu_seconds()? - own_cpu_before;
     let rss_peak_mib = gateway.rss_peak_bytes()? as f64 / (1024.0 * 1024.0);
+    let plugin_calls = match plugin {
+        Some(_) => Some(plugin::scrape(&client, gateway.addr).await?),
+        None => None,
+    };
     gateway.stop().await?;
     let store_bytes = gateway::dir_bytes(&data_dir);
 
@@ -475,6 +553,7 @@ async fn through_gateway(
         throttled_retries: intake.throttled_retries.load(Ordering::Relaxed),
         repeated_deliveries: arrivals.repeats(),
         store_bytes,
+        plugin_calls,
     })
 }
 
@@ -548,6 +627,125 @@ fn print_report(header: &str, results: &Results) {
             "NOT met"
         }
     );
+    if let Some(postgres) = &results.postgres {
+        print_side_by_side(results, postgres);
+    }
+    if let Some(with_plugin) = &results.plugin {
+        print_plugin(results, with_plugin);
+    }
+}
+
+/// The run with a transform plugin on every event against the same run without.
+fn print_plugin(without: &Results, with: &GatewayRows) {
+    let ratio = with.end_to_end.events_per_s / without.end_to_end.events_per_s;
+    println!();
+    println!(
+        "{:<32}{:>10}{:>9}{:>9}{:>14}{:>15}",
+        "gateway end to end", "events/s", "p50 ms", "p99 ms", "peak RSS MiB", "gw CPU s/100k"
+    );
+    for (name, row) in [
+        ("without plugin", &without.end_to_end),
+        ("with plugin", &with.end_to_end),
+    ] {
+        println!(
+            "{name:<32}{:>10.0}{:>9.2}{:>9.2}{:>14}{:>15}",
+            row.events_per_s,
+            row.latency.p50,
+            row.latency.p99,
+            row.rss_peak_mib
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
+            row.gateway_cpu_per_100k
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+        );
+    }
+    if let Some(calls) = &with.plugin_calls {
+        println!(
+            "plugin calls: {:.0} ok, {:.0} failed; per call p50 {:.1} us, p99 {:.1} us (from the gateway's histogram)",
+            calls.ok, calls.failed, calls.p50_us, calls.p99_us
+        );
+    }
+    println!(
+        "ratio with plugin / without: {ratio:.3}   (target >= {:.2}: {})",
+        plugin::TARGET_RATIO,
+        if ratio >= plugin::TARGET_RATIO {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
+
+/// The gateway's figures on SQLite and on PostgreSQL, one line per figure.
+fn print_side_by_side(sqlite: &Results, postgres: &GatewayRows) {
+    println!();
+    println!(
+        "{:<40}{:>14}{:>14}",
+        "gateway figure", "SQLite", "PostgreSQL"
+    );
+    let line = |name: &str, sqlite: String, postgres: String| {
+        println!("{name:<40}{sqlite:>14}{postgres:>14}");
+    };
+    for (what, s, p) in [
+        ("intake (accepted)", &sqlite.intake, &postgres.intake),
+        (
+            "end to end (delivered)",
+            &sqlite.end_to_end,
+            &postgres.end_to_end,
+        ),
+    ] {
+        line(
+            &format!("{what} events/s"),
+            format!("{:.0}", s.events_per_s),
+            format!("{:.0}", p.events_per_s),
+        );
+        for (q, sv, pv) in [
+            ("p50", s.latency.p50, p.latency.p50),
+            ("p99", s.latency.p99, p.latency.p99),
+            ("p999", s.latency.p999, p.latency.p999),
+            ("max", s.latency.max, p.latency.max),
+        ] {
+            line(
+                &format!("{what} {q} ms"),
+                format!("{sv:.2}"),
+                format!("{pv:.2}"),
+            );
+        }
+    }
+    let optional = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    line(
+        "peak RSS MiB",
+        optional(sqlite.end_to_end.rss_peak_mib),
+        optional(postgres.end_to_end.rss_peak_mib),
+    );
+    line(
+        "gateway CPU s/100k events",
+        optional(sqlite.end_to_end.gateway_cpu_per_100k),
+        optional(postgres.end_to_end.gateway_cpu_per_100k),
+    );
+    line(
+        "intake retried after 503 / 429",
+        format!("{} / {}", sqlite.busy_retries, sqlite.throttled_retries),
+        format!("{} / {}", postgres.busy_retries, postgres.throttled_retries),
+    );
+    line(
+        "repeated deliveries",
+        sqlite.repeated_deliveries.to_string(),
+        postgres.repeated_deliveries.to_string(),
+    );
+    line(
+        "store MiB after the run",
+        format!("{:.1}", sqlite.store_bytes as f64 / (1024.0 * 1024.0)),
+        format!("{:.1}", postgres.store_bytes as f64 / (1024.0 * 1024.0)),
+    );
+    let raw = sqlite.raw_one_per_post.events_per_s;
+    line(
+        "ratio delivered / raw one-per-POST",
+        format!("{:.3}", sqlite.end_to_end.events_per_s / raw),
+        format!("{:.3}", postgres.end_to_end.events_per_s / raw),
+    );
+    println!(
+        "PostgreSQL: the local server, shared with this bench and the gateway on the same CPUs"
+    );
 }
 
 fn json_report(
@@ -599,6 +797,26 @@ fn json_report(
         "store_bytes": results.store_bytes,
         "ratio_delivered_to_raw_one_per_post": results.ratio(),
         "target_ratio": TARGET_RATIO,
+        "plugin": results.plugin.as_ref().map(|with| serde_json::json!({
+            "gateway_end_to_end": row(&with.end_to_end),
+            "gateway_intake": row(&with.intake),
+            "calls_ok": with.plugin_calls.as_ref().map(|c| c.ok),
+            "calls_failed": with.plugin_calls.as_ref().map(|c| c.failed),
+            "call_p50_us": with.plugin_calls.as_ref().map(|c| c.p50_us),
+            "call_p99_us": with.plugin_calls.as_ref().map(|c| c.p99_us),
+            "ratio_with_to_without": with.end_to_end.events_per_s / results.end_to_end.events_per_s,
+            "target_ratio": plugin::TARGET_RATIO,
+        })),
+        "postgres": results.postgres.as_ref().map(|pg| serde_json::json!({
+            "gateway_intake": row(&pg.intake),
+            "gateway_end_to_end": row(&pg.end_to_end),
+            "intake_retries_503": pg.busy_retries,
+            "intake_retries_429": pg.throttled_retries,
+            "repeated_deliveries": pg.repeated_deliveries,
+            "store_bytes": pg.store_bytes,
+            "ratio_delivered_to_raw_one_per_post":
+                pg.end_to_end.events_per_s / results.raw_one_per_post.events_per_s,
+        })),
     })
 }
 

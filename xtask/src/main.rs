@@ -1,6 +1,12 @@
-//! `cargo xtask <task>`: the project's tasks beyond `cargo build` (test, ci, bench).
+//! `cargo xtask <task>`: the project's tasks beyond `cargo build` (test, ci, bench, simulate).
 
 mod bench;
+mod browser;
+mod chaos;
+mod fuzz;
+mod plugins;
+mod schemathesis;
+mod simulate;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -22,11 +28,30 @@ enum Task {
     /// (nextest when installed, else `cargo test`, without doctests), then the end-to-end
     /// suite again on PostgreSQL (the local server, as `.ci/run` starts it).
     Test(TestArgs),
-    /// What CI checks: `cargo fmt --check`, clippy with `-D warnings`, then `test`.
+    /// What CI checks: `cargo fmt --check`, clippy with `-D warnings` (here and in
+    /// `plugins/`), then `test`.
     Ci(TestArgs),
     /// Timing goals: the release gateway's throughput and latency against raw HTTP
     /// baselines on this machine.
     Bench(bench::Args),
+    /// The console's "Simulate Send Test" from a terminal. Without arguments: starts a
+    /// gateway and a receiver here, pushes a test event of each type, prints what arrived
+    /// and checks its signature; exits non-zero unless all arrived verified.
+    Simulate(simulate::Args),
+    /// Kills the gateway with `kill -9` at random moments while events flow, restarts it,
+    /// and checks that every event it accepted (202) reached a receiver. Prints accepted,
+    /// delivered, lost, duplicates and the worst delay; exits non-zero if any was lost.
+    Chaos(chaos::Args),
+    /// Coverage-guided fuzzing (libFuzzer, stable toolchain) of the intake parser, the
+    /// settings validator and the signing code, each for `--seconds`; exits non-zero on a
+    /// crash, leaving the input under `fuzz/artifacts/`.
+    Fuzz(fuzz::Args),
+    /// Schemathesis (from PyPI, installed when missing) against a live gateway from
+    /// `docs/openapi.json`, bounded in time; exits non-zero on any finding.
+    Schemathesis(schemathesis::Args),
+    /// Builds the WASM plugins in `plugins/` (SDK examples, hostile test plugins) for
+    /// wasm32-wasip2, adding the target with rustup if needed.
+    Plugins,
 }
 
 #[derive(clap::Args)]
@@ -43,6 +68,11 @@ fn main() -> ExitCode {
         Task::Test(args) => test(&root, &args),
         Task::Ci(args) => ci(&root, &args),
         Task::Bench(args) => bench::run(args),
+        Task::Simulate(args) => simulate::run(&root, args),
+        Task::Chaos(args) => chaos::run(&root, args),
+        Task::Fuzz(args) => fuzz::run(&root, args),
+        Task::Schemathesis(args) => schemathesis::run(&root, args),
+        Task::Plugins => plugins::build(&root).map(drop),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,10 +94,18 @@ fn ci(root: &Path, args: &TestArgs) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The plugins are their own workspace: the same checks, for wasm and for their tests.
+    plugins::lint(root)?;
     test(root, args)
 }
 
 fn test(root: &Path, args: &TestArgs) -> Result<()> {
+    // The console's browser tests drive Debian's headless Chromium; the metrics tests Prometheus.
+    browser::ensure_installed()?;
+    // The plugin tests load the example and hostile plugins, built from source here; the
+    // plugins' own unit tests run first.
+    plugins::build(root)?;
+    plugins::unit_tests(root)?;
     // The end-to-end tests spawn this binary from the target dir: build it first so it is fresh.
     run(cargo(root).args(["build", "-p", "mailhook", "--bin", "mailhook"]))?;
     let nextest = nextest_installed(root);
@@ -85,8 +123,47 @@ fn test(root: &Path, args: &TestArgs) -> Result<()> {
     on_postgres.env("MAILHOOK_TEST_STORE", "postgres");
     on_postgres.args(&args.args);
     let second = run(&mut on_postgres);
+    // Reliability (issue 8), when the whole suite runs: short kill -9 loops on both stores,
+    // every fuzz target, and Schemathesis on the live API; each bounded in time.
+    let reliability = if args.args.is_empty() {
+        reliability(root)
+    } else {
+        Ok(())
+    };
     first.context("the test pass on SQLite failed")?;
-    second.context("the end-to-end pass on PostgreSQL failed")
+    second.context("the end-to-end pass on PostgreSQL failed")?;
+    reliability
+}
+
+/// The reliability steps of `test`: each runs even when one before it failed.
+fn reliability(root: &Path) -> Result<()> {
+    let steps = [
+        (
+            "chaos on SQLite",
+            chaos::run(root, chaos::Args::short(false)),
+        ),
+        (
+            "chaos on PostgreSQL",
+            chaos::run(root, chaos::Args::short(true)),
+        ),
+        ("fuzzing", fuzz::run(root, fuzz::Args::brief(20))),
+        (
+            "schemathesis",
+            schemathesis::run(root, schemathesis::Args::brief(60)),
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, done) in steps {
+        if let Err(err) = done {
+            eprintln!("xtask: {name} failed: {err:#}");
+            failed.push(name);
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("reliability steps failed: {}", failed.join(", "))
+    }
 }
 
 /// `cargo nextest run` (or `cargo test` without nextest) on `selection`, never stopping at

@@ -151,6 +151,29 @@ pub struct Event {
     pub test: bool,
     pub email: Map<String, Value>,
     pub status: Map<String, Value>,
+    /// For opens and clicks: human or machine, and the first of its MsgId or not.
+    pub engagement: Option<Engagement>,
+}
+
+/// The statistical truth about an open or click, pushed as the payload's `engagement`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Engagement {
+    /// The first open (or click) of this MsgId; decided by the store when it is written.
+    pub unique: bool,
+    /// A proxy, prefetcher or scanner did this, not a person.
+    pub machine: bool,
+    /// The name of the rule that said so (`apple_mpp`, `image_proxy`, `scanner`, ...).
+    pub machine_reason: Option<String>,
+}
+
+impl Engagement {
+    pub fn detected(machine_reason: Option<&str>) -> Engagement {
+        Engagement {
+            unique: false,
+            machine: machine_reason.is_some(),
+            machine_reason: machine_reason.map(str::to_owned),
+        }
+    }
 }
 
 /// The body a receiver gets, field order as in the contract.
@@ -165,9 +188,16 @@ struct Payload<'a> {
     test: bool,
     email: &'a Map<String, Value>,
     status: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engagement: Option<&'a Engagement>,
 }
 
 impl Event {
+    /// Opens and clicks carry an `engagement` object; other types do not.
+    pub fn is_engagement(&self) -> bool {
+        matches!(self.event_type, EventType::Open | EventType::Click)
+    }
+
     /// Renders the JSON body pushed to receivers. Done once at intake: every attempt signs
     /// and sends these same bytes.
     pub fn render_payload(&self) -> Vec<u8> {
@@ -180,6 +210,7 @@ impl Event {
             test: self.test,
             email: &self.email,
             status: &self.status,
+            engagement: self.engagement.as_ref(),
         };
         serde_json::to_vec(&payload)
             .unwrap_or_else(|_| unreachable!("payload holds only JSON values"))
@@ -332,7 +363,9 @@ fn validate_event(
                 truncate(text, 64)
             )
         }),
-        Some(Value::Number(n)) => match n.as_i64() {
+        // A whole number written with a fraction (`1795780800123.0`, as some JSON encoders
+        // write every number) is that whole number, as JSON Schema's `integer` says.
+        Some(Value::Number(n)) => match n.as_i64().or_else(|| whole_ms(n)) {
             Some(ms) if (0..=TIMESTAMP_MS_MAX).contains(&ms) => Ok(ms),
             _ => Err(format!(
                 "timestamp {n} is not Unix milliseconds between 0 and {TIMESTAMP_MS_MAX}"
@@ -403,9 +436,18 @@ fn validate_event(
             test: false,
             email,
             status,
+            // Filled in by intake's machine detection (see `engagement.rs`) before storing.
+            engagement: matches!(event_type, EventType::Open | EventType::Click)
+                .then(|| Engagement::detected(None)),
         }),
         _ => Err(errors),
     }
+}
+
+/// A number with no fractional part within the timestamp range, as milliseconds.
+fn whole_ms(n: &serde_json::Number) -> Option<i64> {
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && (0.0..=TIMESTAMP_MS_MAX as f64).contains(&f)).then_some(f as i64)
 }
 
 /// Checks the well-known `email` keys; other keys pass through untouched.
@@ -564,6 +606,18 @@ mod tests {
         assert_eq!(e.event_id.as_str(), "gen-1");
         assert_eq!(e.timestamp_ms, NOW);
         assert!(!e.test);
+    }
+
+    #[test]
+    fn a_whole_number_with_a_fraction_is_a_timestamp_and_a_fraction_is_not() {
+        let events =
+            parse(json!({"type": "send", "msg_id": "m", "timestamp": 1_795_780_800_123.0}))
+                .unwrap();
+        assert_eq!(events[0].timestamp_ms, 1_795_780_800_123);
+        for bad in [json!(1.5), json!(-1.0), json!(1e300)] {
+            let input = json!({"type": "send", "msg_id": "m", "timestamp": bad});
+            assert_eq!(details(input), vec![(Some(0), "timestamp".to_owned())]);
+        }
     }
 
     #[test]

@@ -8,11 +8,13 @@
 pub mod breaker;
 pub mod bus;
 pub mod chain;
+pub mod engagement;
 pub mod error;
 pub mod event;
 pub mod filter;
 pub mod net;
 pub mod rate;
+pub mod sample;
 pub mod settings;
 pub mod signature;
 pub mod time;

@@ -19,8 +19,35 @@ pub const ADDRESS_LEN_MAX: usize = 2048;
 #[serde(transparent)]
 pub struct WebhookUrl(String);
 
+/// How an address names a sink plugin: `plugin:<name>`.
+pub const PLUGIN_PREFIX: &str = "plugin:";
+/// Longest plugin name.
+pub const PLUGIN_NAME_LEN_MAX: usize = 64;
+
+/// A plugin name: 1 to 64 of `a-z`, `0-9`, `_`, `-`, starting with a letter or digit.
+pub fn check_plugin_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !first_ok || name.len() > PLUGIN_NAME_LEN_MAX || !name.chars().all(ok_char) {
+        return Err(format!(
+            "plugin name `{}` must be 1 to {PLUGIN_NAME_LEN_MAX} characters of a-z, 0-9, `_`, `-`, \
+             starting with a letter or digit",
+            truncate(name, 80)
+        ));
+    }
+    Ok(())
+}
+
 impl WebhookUrl {
+    /// An absolute `http`/`https` URL, or `plugin:<name>` for a sink plugin.
     pub fn parse(text: &str) -> Result<WebhookUrl, String> {
+        if let Some(name) = text.strip_prefix(PLUGIN_PREFIX) {
+            check_plugin_name(name)?;
+            return Ok(WebhookUrl(text.to_owned()));
+        }
         if text.len() > ADDRESS_LEN_MAX {
             return Err(format!(
                 "address is {} bytes long, the limit is {ADDRESS_LEN_MAX}",
@@ -52,11 +79,17 @@ impl WebhookUrl {
         &self.0
     }
 
+    /// The sink plugin's name when this address is `plugin:<name>`.
+    pub fn plugin(&self) -> Option<&str> {
+        self.0.strip_prefix(PLUGIN_PREFIX)
+    }
+
     /// Refuses an address whose host is, on its face, internal: an IP literal the policy
     /// blocks, or `localhost`. Names are checked again at every connect, whatever they
     /// resolve to then; this only catches at save time what can never work.
     pub fn check_policy(&self, policy: &AddressPolicy) -> Result<(), String> {
-        if policy.allow_private {
+        // A sink's own requests are checked by the same guard when they connect.
+        if policy.allow_private || self.plugin().is_some() {
             return Ok(());
         }
         let Ok(url) = url::Url::parse(&self.0) else {
@@ -135,10 +168,21 @@ pub struct WebhookSettings {
 const READ_ONLY_FIELDS: [&str; 2] = ["secret", "updated_at"];
 
 /// Validates a settings body (`{"enabled", "addresses", "events"}`), reporting every problem.
-/// Addresses that the SSRF `policy` refuses on their face are problems too.
+/// Addresses that the SSRF `policy` refuses on their face are problems too. A `plugin:<name>`
+/// address passes on its syntax alone; see [`validate_settings_with_sinks`].
 pub fn validate_settings(
     body: &Value,
     policy: &AddressPolicy,
+) -> Result<WebhookSettings, Vec<FieldError>> {
+    validate_settings_with_sinks(body, policy, None)
+}
+
+/// Like [`validate_settings`]; with `sinks`, a `plugin:<name>` address must name one of them
+/// (the sink plugins the gateway is configured with).
+pub fn validate_settings_with_sinks(
+    body: &Value,
+    policy: &AddressPolicy,
+    sinks: Option<&[String]>,
 ) -> Result<WebhookSettings, Vec<FieldError>> {
     let Value::Object(fields) = body else {
         return Err(vec![FieldError::new(
@@ -197,6 +241,7 @@ pub fn validate_settings(
                 match item {
                     Value::String(text) => match WebhookUrl::parse(text.trim()).and_then(|url| {
                         url.check_policy(policy)?;
+                        check_sink(&url, sinks)?;
                         Ok(url)
                     }) {
                         Ok(url) if addresses.contains(&url) => {
@@ -272,6 +317,21 @@ pub fn validate_settings(
             events,
         }),
         _ => Err(errors),
+    }
+}
+
+/// A `plugin:<name>` address must name a configured sink, when the sinks are known.
+fn check_sink(url: &WebhookUrl, sinks: Option<&[String]>) -> Result<(), String> {
+    match (url.plugin(), sinks) {
+        (Some(name), Some(sinks)) if !sinks.iter().any(|sink| sink == name) => Err(format!(
+            "`{url}` names no configured sink plugin; sinks: {}",
+            if sinks.is_empty() {
+                "none (see [[plugins.load]] with kind = \"sink\")".to_owned()
+            } else {
+                sinks.join(", ")
+            }
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -401,9 +461,45 @@ mod tests {
                 vec!["url"],
             ),
             (json!([]), vec![""]),
+            (
+                json!({"enabled": true, "addresses": ["plugin:Bad Name"], "events": ["open"]}),
+                vec!["addresses[0]"],
+            ),
+            (
+                json!({"enabled": true, "addresses": ["plugin:"], "events": ["open"]}),
+                vec!["addresses[0]"],
+            ),
         ];
         for (body, expected) in cases {
             assert_eq!(fields(body.clone()), expected, "body: {body}");
         }
+    }
+
+    #[test]
+    fn sink_plugins_are_addresses_next_to_urls() {
+        let body = json!({"enabled": true, "addresses": ["plugin:slack-sink", "https://b.example/"], "events": ["bounce"]});
+        let s = validate_settings(&body, &GUARDED).unwrap();
+        assert_eq!(s.addresses[0].as_str(), "plugin:slack-sink");
+        assert_eq!(s.addresses[0].plugin(), Some("slack-sink"));
+        assert_eq!(s.addresses[1].plugin(), None);
+
+        let sinks = vec!["slack-sink".to_owned()];
+        assert!(validate_settings_with_sinks(&body, &GUARDED, Some(&sinks)).is_ok());
+        let other = json!({"enabled": true, "addresses": ["plugin:nope"], "events": ["bounce"]});
+        let err = validate_settings_with_sinks(&other, &GUARDED, Some(&sinks)).unwrap_err();
+        assert_eq!(err[0].field, "addresses[0]");
+        assert!(err[0].message.contains("slack-sink"), "{err:?}");
+
+        for (name, ok) in [
+            ("a", true),
+            ("uspeedo-format", true),
+            ("x_1", true),
+            ("-x", false),
+            ("A", false),
+            ("a.b", false),
+        ] {
+            assert_eq!(check_plugin_name(name).is_ok(), ok, "{name}");
+        }
+        assert!(check_plugin_name(&"a".repeat(65)).is_err());
     }
 }

@@ -18,6 +18,9 @@ use tokio::time::Instant;
 use crate::resolve::{GuardError, GuardedResolver};
 use crate::tls::{KeepTlsErrors, TlsErrorSlot, describe_tls_error, tls_cause};
 
+/// What every push says it is: `mailhook/<version>`.
+const USER_AGENT: &str = concat!("mailhook/", env!("CARGO_PKG_VERSION"));
+
 /// The headers of one attempt, besides content type and user agent.
 #[derive(Debug, Clone)]
 pub struct AttemptHeaders {
@@ -32,9 +35,27 @@ pub struct AttemptHeaders {
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
     pub outcome: Outcome,
+    pub kind: AttemptKind,
     pub status: Option<u16>,
     pub error: Option<String>,
     pub duration: Duration,
+}
+
+/// The kind of ending an attempt had, for metrics and alerting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// The receiver answered with this status.
+    Status(u16),
+    Timeout,
+    /// No connection: refused, unreachable, name not found.
+    Connect,
+    Tls,
+    /// The SSRF guard refused the address's IP.
+    Blocked,
+    /// Connected, then the exchange broke (reset, malformed answer).
+    Other,
+    /// A sink plugin failed before any request was made (or is suspended, or not loaded).
+    Plugin,
 }
 
 /// What the client is built from.
@@ -54,7 +75,6 @@ pub struct HttpClient {
     guard: GuardedResolver,
     attempt_timeout: Duration,
     response_bytes_max: usize,
-    user_agent: HeaderValue,
 }
 
 impl HttpClient {
@@ -84,13 +104,11 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(connector);
-        let user_agent = HeaderValue::from_static(concat!("mailhook/", env!("CARGO_PKG_VERSION")));
         HttpClient {
             client,
             guard: resolver,
             attempt_timeout,
             response_bytes_max,
-            user_agent,
         }
     }
 
@@ -99,8 +117,51 @@ impl HttpClient {
         let started = Instant::now();
         let request = match self.request(url, body, headers) {
             Ok(request) => request,
-            Err(error) => return failed(None, error, started.elapsed()),
+            Err(error) => return failed(AttemptKind::Other, error, started.elapsed()),
         };
+        self.send(request, started).await
+    }
+
+    /// A request a sink plugin asked for: its method, headers and body, through the same
+    /// connections, SSRF guard, timeout and response limit as a push. Never fails: every
+    /// problem becomes a failed result.
+    pub async fn plugin_request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> AttemptResult {
+        let started = Instant::now();
+        let request = (|| {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|err| format!("invalid address `{url}`: {err}"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                return Err(format!(
+                    "scheme of `{url}` is not supported: only http and https"
+                ));
+            }
+            let method = Method::from_bytes(method.as_bytes())
+                .map_err(|err| format!("invalid method `{method}`: {err}"))?;
+            let mut request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::USER_AGENT, USER_AGENT);
+            for (name, value) in headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            request
+                .body(Full::new(body))
+                .map_err(|err| format!("cannot build request: {err}"))
+        })();
+        match request {
+            Ok(request) => self.send(request, started).await,
+            Err(error) => failed(AttemptKind::Other, error, started.elapsed()),
+        }
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>, started: Instant) -> AttemptResult {
         // The connector resolves names through the guard, but takes IP literals as they are.
         if let Some(host) = request.uri().host() {
             let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -113,9 +174,13 @@ impl HttpClient {
         match tokio::time::timeout(self.attempt_timeout, self.exchange(request)).await {
             Ok(Ok((status, retry_after))) => classify(status, retry_after, started.elapsed()),
             Ok(Err(Failure::Blocked(error))) => blocked_result(error, started.elapsed()),
-            Ok(Err(Failure::Other(error))) => failed(None, error, started.elapsed()),
+            Ok(Err(Failure::Tls(error))) => failed(AttemptKind::Tls, error, started.elapsed()),
+            Ok(Err(Failure::Connect(error))) => {
+                failed(AttemptKind::Connect, error, started.elapsed())
+            }
+            Ok(Err(Failure::Other(error))) => failed(AttemptKind::Other, error, started.elapsed()),
             Err(_) => failed(
-                None,
+                AttemptKind::Timeout,
                 format!(
                     "timed out after {} (delivery.attempt_timeout)",
                     humantime_format(self.attempt_timeout)
@@ -139,18 +204,27 @@ impl HttpClient {
                 "scheme of `{url}` is not supported: only http and https"
             ));
         }
-        Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, self.user_agent.clone())
-            .header("webhook-id", &h.webhook_id)
-            .header("webhook-timestamp", h.webhook_timestamp)
-            .header("webhook-signature", &h.webhook_signature)
-            .header("mailhook-attempt", h.attempt)
-            .header("mailhook-address", h.address_role)
+        let mut request = Request::builder().method(Method::POST).uri(uri);
+        for (name, value) in self.headers(h) {
+            request = request.header(name, value);
+        }
+        request
             .body(Full::new(body))
             .map_err(|err| format!("cannot build request: {err}"))
+    }
+
+    /// Every header an attempt is sent with, in order. The one list both the request and
+    /// a test push's report ("which headers were sent") are made from, so they cannot differ.
+    pub fn headers(&self, h: &AttemptHeaders) -> [(&'static str, String); 7] {
+        [
+            (header::CONTENT_TYPE.as_str(), "application/json".to_owned()),
+            (header::USER_AGENT.as_str(), USER_AGENT.to_owned()),
+            ("webhook-id", h.webhook_id.clone()),
+            ("webhook-timestamp", h.webhook_timestamp.to_string()),
+            ("webhook-signature", h.webhook_signature.clone()),
+            ("mailhook-attempt", h.attempt.to_string()),
+            ("mailhook-address", h.address_role.to_owned()),
+        ]
     }
 
     /// Sends and reads the whole (bounded) response, so the connection can be reused.
@@ -196,6 +270,7 @@ fn classify(
     if status.is_success() {
         return AttemptResult {
             outcome: Outcome::Delivered,
+            kind: AttemptKind::Status(status.as_u16()),
             status: code,
             error: None,
             duration,
@@ -219,6 +294,7 @@ fn classify(
             retry_after: retry_after.filter(|_| honours_retry_after),
             gone: status == StatusCode::GONE,
         },
+        kind: AttemptKind::Status(status.as_u16()),
         status: code,
         error: Some(error),
         duration,
@@ -229,6 +305,8 @@ fn classify(
 enum Failure {
     /// The SSRF guard refused every IP: retrying the same address cannot help.
     Blocked(String),
+    Tls(String),
+    Connect(String),
     Other(String),
 }
 
@@ -238,16 +316,18 @@ fn blocked_result(error: String, duration: Duration) -> AttemptResult {
             retry_after: None,
             gone: true,
         },
+        kind: AttemptKind::Blocked,
         status: None,
         error: Some(error),
         duration,
     }
 }
 
-fn failed(status: Option<u16>, error: String, duration: Duration) -> AttemptResult {
+fn failed(kind: AttemptKind, error: String, duration: Duration) -> AttemptResult {
     AttemptResult {
         outcome: Outcome::FAILED,
-        status,
+        kind,
+        status: None,
         error: Some(error),
         duration,
     }
@@ -279,17 +359,17 @@ fn describe_client_error(
         if let Some(guard) = cause.downcast_ref::<GuardError>() {
             return match guard {
                 GuardError::Blocked { .. } => Failure::Blocked(guard.to_string()),
-                other => Failure::Other(format!("connect error: {other}")),
+                other => Failure::Connect(format!("connect error: {other}")),
             };
         }
         if let Some(tls) = tls_cause(cause) {
-            return Failure::Other(describe_tls_error(tls));
+            return Failure::Tls(describe_tls_error(tls));
         }
         last = Some(cause.to_string());
         source = cause.source();
     }
     if let Some(tls_error) = tls_error {
-        return Failure::Other(tls_error);
+        return Failure::Tls(tls_error);
     }
     let mut message = if err.is_connect() {
         "connect error".to_owned()
@@ -300,7 +380,11 @@ fn describe_client_error(
         message.push_str(": ");
         message.push_str(&last);
     }
-    Failure::Other(message)
+    if err.is_connect() {
+        Failure::Connect(message)
+    } else {
+        Failure::Other(message)
+    }
 }
 
 fn humantime_format(d: Duration) -> String {

@@ -35,7 +35,8 @@ pub struct DeliveryConfig {
     pub circuit_cooldown: Duration,
     /// Events being delivered at once, across all addresses.
     pub concurrency: usize,
-    /// Requests in flight to one address at once.
+    /// Requests in flight to one address at once; as many more events may wait for a slot,
+    /// the rest are deferred in the store (see `address.rs`: head-of-line isolation).
     pub in_flight_per_address_max: usize,
     /// Events claimed from the store in one go.
     pub claim_batch_max: usize,
@@ -50,7 +51,14 @@ pub struct DeliveryConfig {
     pub settings_ttl: Duration,
     /// Bytes of a receiver's response body read (to keep the connection); more drops it.
     pub response_bytes_max: usize,
+    /// Longest a "Simulate Send Test" request waits for its push's outcome before answering
+    /// with what happened so far (`timed_out: true`). At most 60 s (the contract).
+    #[serde(with = "humantime_serde")]
+    pub test_timeout: Duration,
 }
+
+/// The contract's cap on how long a test push request waits.
+pub const TEST_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
 impl Default for DeliveryConfig {
     fn default() -> DeliveryConfig {
@@ -72,6 +80,7 @@ impl Default for DeliveryConfig {
             idle_poll: Duration::from_secs(1),
             settings_ttl: Duration::from_secs(1),
             response_bytes_max: 64 * 1024,
+            test_timeout: TEST_TIMEOUT_MAX,
         }
     }
 }
@@ -138,6 +147,13 @@ impl DeliveryConfig {
                 self.idle_poll.is_zero(),
                 "delivery.idle_poll must be above 0".to_owned(),
             ),
+            (
+                self.test_timeout.is_zero() || self.test_timeout > TEST_TIMEOUT_MAX,
+                format!(
+                    "delivery.test_timeout = {} must be above 0 and at most 60s",
+                    humantime_serde::re::humantime::format_duration(self.test_timeout)
+                ),
+            ),
         ];
         match checks.into_iter().find(|(bad, _)| *bad) {
             Some((_, message)) => Err(message),
@@ -188,5 +204,21 @@ mod tests {
                 .unwrap_err()
                 .contains("circuit_failure_threshold")
         );
+        for test_timeout in [Duration::ZERO, Duration::from_secs(61)] {
+            let bad = DeliveryConfig {
+                test_timeout,
+                ..DeliveryConfig::default()
+            };
+            assert!(
+                bad.validate()
+                    .unwrap_err()
+                    .contains("delivery.test_timeout")
+            );
+        }
+        let short = DeliveryConfig {
+            test_timeout: Duration::from_millis(500),
+            ..DeliveryConfig::default()
+        };
+        short.validate().unwrap();
     }
 }

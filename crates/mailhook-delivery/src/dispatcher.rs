@@ -6,7 +6,7 @@
 //! store as `due_at`. So a restart resumes every event where it stood, and a long backoff
 //! holds no memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,14 +18,18 @@ use mailhook_core::chain::{ChainPos, Next, RetryPolicy, choose_address};
 use mailhook_core::filter;
 use mailhook_core::settings::Role;
 use mailhook_core::signature::signature_header;
-use mailhook_store::{AttemptRecord, Completion, EventState, Job, Store, StoredSettings};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use mailhook_store::{AttemptRecord, Completion, EventState, Job, Lease, Store, StoredSettings};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{AttemptHeaders, ClientOptions, HttpClient};
+use crate::address::{AddressTable, Admission};
+use crate::client::{AttemptHeaders, AttemptKind, ClientOptions, HttpClient};
 use crate::config::DeliveryConfig;
+use crate::plugins::{self, Prepared};
 use crate::resolve::GuardedResolver;
 use crate::settings_cache::SettingsCache;
+use crate::test_push::{SentAttempt, TestPushes};
+use mailhook_metrics::{AttemptResult, Metrics, Outcome as Recorded};
 
 /// Wall-clock Unix milliseconds: the time base of everything persisted.
 pub fn now_ms() -> i64 {
@@ -39,6 +43,8 @@ pub fn now_ms() -> i64 {
 const COMPLETIONS_QUEUED_MAX: usize = 4096;
 /// Completions written in one store call.
 const COMPLETIONS_PER_WRITE_MAX: usize = 1024;
+/// How long a batch of completions is retried while the store is unavailable.
+const COMPLETE_RETRY_FOR: Duration = Duration::from_secs(15);
 /// Pause after a store error before the next claim, so a sick store is not hammered.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -56,9 +62,22 @@ struct Inner {
     settings: Arc<SettingsCache>,
     bus: WorkBus,
     breakers: Mutex<HashMap<String, Breaker>>,
-    address_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
-    in_flight: Mutex<HashSet<i64>>,
+    /// Per-address in-flight slots and deferral pace (head-of-line isolation).
+    address_slots: AddressTable,
+    /// Claims being worked on, by event id, with their lease token (to release them).
+    in_flight: Mutex<HashMap<i64, i64>>,
+    tests: TestPushes,
     completions: mpsc::Sender<ToCompleter>,
+    metrics: Arc<Metrics>,
+    /// Transforms and sinks; `None` when no plugin is configured.
+    plugins: Option<mailhook_plugin_host::PluginHost>,
+}
+
+/// The dispatcher's optional parts.
+#[derive(Default)]
+pub struct DispatcherExtras {
+    /// The WASM plugin host: account transform chains and `plugin:<name>` sink addresses.
+    pub plugins: Option<mailhook_plugin_host::PluginHost>,
 }
 
 /// A running dispatcher. `shutdown` stops it; dropping it leaves it running until the
@@ -73,6 +92,9 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts claiming. `resolver` carries the SSRF policy every connection is checked by;
     /// `tls` the roots and client certificate of `https` addresses (`tls::client_config`).
+    // Each argument is a distinct, required collaborator wired once by the binary; the
+    // optional ones live in `DispatcherExtras`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
@@ -80,6 +102,8 @@ impl Dispatcher {
         bus: WorkBus,
         resolver: GuardedResolver,
         tls: Arc<rustls::ClientConfig>,
+        metrics: Arc<Metrics>,
+        extras: DispatcherExtras,
     ) -> Dispatcher {
         let (completions, completions_rx) = mpsc::channel(COMPLETIONS_QUEUED_MAX);
         let client = HttpClient::new(ClientOptions {
@@ -89,6 +113,7 @@ impl Dispatcher {
             resolver,
             tls,
         });
+        let address_slots = AddressTable::new(config.in_flight_per_address_max);
         let inner = Arc::new(Inner {
             store,
             retry: config.retry_policy(),
@@ -98,9 +123,12 @@ impl Dispatcher {
             settings,
             bus,
             breakers: Mutex::new(HashMap::new()),
-            address_slots: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashSet::new()),
+            address_slots,
+            in_flight: Mutex::new(HashMap::new()),
+            tests: TestPushes::new(),
             completions,
+            metrics,
+            plugins: extras.plugins,
         });
         let (stop, stopped) = watch::channel(false);
         let completer = tokio::spawn(run_completer(
@@ -115,6 +143,11 @@ impl Dispatcher {
             run,
             completer,
         }
+    }
+
+    /// The registry the API watches test pushes ("Simulate Send Test") through.
+    pub fn test_pushes(&self) -> TestPushes {
+        self.inner.tests.clone()
     }
 
     /// Whether the circuit of `url` is open now (for tests and the console).
@@ -151,7 +184,10 @@ impl Dispatcher {
         {
             let _ = flushed_rx.await;
         }
-        let abandoned: Vec<i64> = lock(&self.inner.in_flight).drain().collect();
+        let abandoned: Vec<Lease> = lock(&self.inner.in_flight)
+            .drain()
+            .map(|(id, token)| Lease { id, token })
+            .collect();
         if !abandoned.is_empty() {
             tracing::info!(
                 events = abandoned.len(),
@@ -206,7 +242,7 @@ async fn run_claims(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) -> Jo
         };
         let claimed = jobs.len();
         for job in jobs {
-            lock(&inner.in_flight).insert(job.id);
+            lock(&inner.in_flight).insert(job.id, job.lease_token);
             tasks.spawn(deliver(inner.clone(), job));
         }
         if claimed == asked {
@@ -233,7 +269,14 @@ async fn run_claims(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) -> Jo
 /// Runs one claimed event as far as it goes now, then hands its completion to the writer.
 async fn deliver(inner: Arc<Inner>, job: Job) {
     let id = job.id;
+    let (test, accepted_at_ms) = (job.test, job.accepted_at_ms);
+    let account = job.account.clone();
+    let watched_test = job.test.then(|| job.event_id.clone());
     let completion = run_chain(&inner, job).await;
+    let report = watched_test.map(|event_id| (event_id, completion.clone()));
+    if !test {
+        record_outcome(&inner.metrics, &account, accepted_at_ms, &completion);
+    }
     if inner
         .completions
         .send(ToCompleter::Done(completion))
@@ -242,11 +285,26 @@ async fn deliver(inner: Arc<Inner>, job: Job) {
     {
         lock(&inner.in_flight).remove(&id);
     }
+    if let Some((event_id, completion)) = report {
+        // The waiting API request reads the event back as soon as it hears: let the
+        // completion reach the store first, so what it reads agrees with what it heard.
+        let (flushed, flushed_rx) = oneshot::channel();
+        if inner
+            .completions
+            .send(ToCompleter::Flush(flushed))
+            .await
+            .is_ok()
+        {
+            let _ = flushed_rx.await;
+        }
+        inner.tests.completed(&account, &event_id, &completion);
+    }
 }
 
 async fn run_chain(inner: &Inner, job: Job) -> Completion {
     let mut done = Completion {
         id: job.id,
+        lease_token: job.lease_token,
         state: EventState::Pending,
         pos: job.pos,
         due_at_ms: None,
@@ -293,7 +351,39 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
             round: pos.round,
         };
     }
-    let body = Bytes::from_owner(job.body.clone());
+    // Transforms run at every dispatch, before signing: the signed body is the transformed
+    // one, and a replay after a plugin fix runs the fixed plugin.
+    let body = match plugins::transform(inner.plugins.as_ref(), &job).await {
+        Prepared::Body(body) => body,
+        Prepared::Dropped(reason) => {
+            tracing::debug!(account = %job.account, event_id = %job.event_id, reason = %reason, "skipped");
+            done.state = EventState::Skipped;
+            done.detail = Some(reason);
+            return done;
+        }
+        Prepared::Failed(error) => {
+            // Not pushed, failed like a chain whose every address failed: recovery rounds
+            // run it again (and the plugin with it), then it is dead, and replayable.
+            done.detail = Some(error);
+            let last = ChainPos {
+                address: addresses - 1,
+                tries: 0,
+                round: pos.round,
+            };
+            match inner.retry.next_address(last, addresses) {
+                Next::ChainFailed { pos: at, retry_in } => {
+                    done.state = EventState::Failed;
+                    done.pos = at;
+                    done.due_at_ms = Some(now_ms() + retry_in.as_millis() as i64);
+                }
+                _ => {
+                    done.state = EventState::Dead;
+                    done.pos = pos;
+                }
+            }
+            return done;
+        }
+    };
     let mut number = job.attempts;
     loop {
         let now = now_ms();
@@ -317,14 +407,32 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
             ),
             Some(index) => {
                 if index != pos.address {
+                    // Skipped past open circuits.
+                    inner.metrics.failover(pos.address);
                     pos = ChainPos {
                         address: index,
                         tries: 0,
                         round: pos.round,
                     };
                 }
+                // A saturated address does not keep this event (and its concurrency slot)
+                // waiting: it goes back to the store, due when the address has room. Test
+                // pushes wait instead: their caller is watching for the outcome.
+                let slots = inner
+                    .address_slots
+                    .get(settings.settings.addresses[index].as_str());
+                let _slot = match slots.admit(now_ms(), !job.test).await {
+                    Admission::Go(slot) => slot,
+                    Admission::Defer { until_ms } => {
+                        tracing::debug!(account = %job.account, event_id = %job.event_id, address = Role::of_index(index).as_str(), "address saturated: deferred");
+                        done.pos = pos;
+                        done.due_at_ms = Some(until_ms);
+                        return done;
+                    }
+                };
                 number += 1;
                 let record = attempt(inner, &job, &settings, index, number, body.clone()).await;
+                slots.observed(Duration::from_millis(record.0.duration_ms));
                 let outcome = record.1;
                 done.detail = record.0.error.clone();
                 done.attempts.push(record.0);
@@ -339,7 +447,12 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
                 done.pos = pos;
                 return done;
             }
-            Next::Attempt { pos: at, delay } if delay.is_zero() => pos = at,
+            Next::Attempt { pos: at, delay } if delay.is_zero() => {
+                if at.address != pos.address {
+                    inner.metrics.failover(pos.address);
+                }
+                pos = at;
+            }
             Next::Attempt { pos: at, delay } => {
                 done.pos = at;
                 done.due_at_ms = Some(now_ms() + delay.as_millis() as i64);
@@ -371,8 +484,45 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
     }
 }
 
-/// One signed POST to address `index`, within that address's in-flight limit; records the
-/// result in the address's circuit breaker.
+/// Counts where a dispatch left the event. Test pushes are left out: they would skew the
+/// figures operators alert on.
+fn record_outcome(metrics: &Metrics, account: &str, accepted_at_ms: i64, done: &Completion) {
+    let (outcome, address) = match done.state {
+        EventState::Delivered => {
+            let latency = Duration::from_millis((now_ms() - accepted_at_ms).max(0) as u64);
+            metrics.delivery_latency(latency);
+            (Recorded::Delivered, done.delivered_to.map(role_index))
+        }
+        EventState::Failed => (Recorded::Failed, None),
+        EventState::Dead => (Recorded::Dead, None),
+        EventState::Skipped => (Recorded::Skipped, None),
+        // Still on its way (a retry is scheduled): nothing to count yet.
+        EventState::Pending => return,
+    };
+    metrics.outcome(account, outcome, address);
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Primary => 0,
+        Role::Backup1 => 1,
+        Role::Backup2 => 2,
+    }
+}
+
+fn attempt_label(kind: AttemptKind) -> AttemptResult {
+    match kind {
+        AttemptKind::Status(code) => AttemptResult::from_status(code),
+        AttemptKind::Timeout => AttemptResult::Timeout,
+        AttemptKind::Connect | AttemptKind::Other => AttemptResult::ConnectError,
+        AttemptKind::Tls => AttemptResult::TlsError,
+        AttemptKind::Blocked => AttemptResult::Blocked,
+        AttemptKind::Plugin => AttemptResult::PluginError,
+    }
+}
+
+/// One signed POST to address `index` (the caller holds one of the address's in-flight
+/// slots); records the result in the address's circuit breaker.
 async fn attempt(
     inner: &Inner,
     job: &Job,
@@ -383,11 +533,6 @@ async fn attempt(
 ) -> (AttemptRecord, mailhook_core::chain::Outcome) {
     let url = settings.settings.addresses[index].as_str();
     let role = Role::of_index(index);
-    let slots = lock(&inner.address_slots)
-        .entry(url.to_owned())
-        .or_insert_with(|| Arc::new(Semaphore::new(inner.config.in_flight_per_address_max)))
-        .clone();
-    let _slot = slots.acquire_owned().await;
     let at_ms = now_ms();
     let timestamp = at_ms / 1000;
     let headers = AttemptHeaders {
@@ -402,7 +547,17 @@ async fn attempt(
         attempt: number,
         address_role: role.as_str(),
     };
-    let result = inner.client.post(url, body, &headers).await;
+    // A test push reports the bytes it sent (a cheap clone: `Bytes` is shared).
+    let sent_body = job.test.then(|| body.clone());
+    let result = match settings.settings.addresses[index].plugin() {
+        Some(sink) => {
+            plugins::sink_attempt(inner.plugins.as_ref(), &inner.client, sink, job, &body).await
+        }
+        None => inner.client.post(url, body, &headers).await,
+    };
+    inner
+        .metrics
+        .attempt(index, attempt_label(result.kind), result.duration);
     let success = result.error.is_none();
     let transition = lock(&inner.breakers)
         .entry(url.to_owned())
@@ -410,9 +565,11 @@ async fn attempt(
         .record(&inner.breaker_policy, success, now_ms());
     match transition {
         Some(Transition::Opened) => {
+            inner.metrics.circuit_opened(index);
             tracing::warn!(account = %job.account, address = role.as_str(), "circuit opened: address skipped until it recovers")
         }
         Some(Transition::Closed) => {
+            inner.metrics.circuit_closed(index);
             tracing::info!(account = %job.account, address = role.as_str(), "circuit closed: address recovered")
         }
         None => {}
@@ -430,7 +587,48 @@ async fn attempt(
         duration_ms: result.duration.as_millis() as u64,
         at_ms,
     };
+    if let Some(body) = sent_body {
+        // A sink plugin gets the body, not HTTP headers: report none for it.
+        let headers = match settings.settings.addresses[index].plugin() {
+            Some(_) => Vec::new(),
+            None => inner
+                .client
+                .headers(&headers)
+                .map(|(name, value)| (name.to_owned(), value))
+                .to_vec(),
+        };
+        let sent = SentAttempt {
+            record: record.clone(),
+            headers,
+            body,
+        };
+        inner.tests.attempted(&job.account, &job.event_id, sent);
+    }
     (record, result.outcome)
+}
+
+/// Writes one batch of completions, retrying while the store is unavailable (a database
+/// restarting, a connection being replaced) for up to `COMPLETE_RETRY_FOR`: an outcome
+/// written late is better than a second delivery after the lease. Delivery tasks wait on the
+/// full completion queue meanwhile (back-pressure), so nothing grows.
+async fn complete_retrying(
+    store: &dyn Store,
+    batch: Vec<Completion>,
+) -> mailhook_store::Result<()> {
+    let deadline = tokio::time::Instant::now() + COMPLETE_RETRY_FOR;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match store.complete(batch.clone()).await {
+            Err(mailhook_store::Error::Unavailable(reason))
+                if tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::warn!(error = %reason, events = batch.len(), "cannot record delivery outcomes yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Writes completions in batches; rings the bus so retries that came due are seen at once.
@@ -451,7 +649,7 @@ async fn run_completer(store: Arc<dyn Store>, bus: WorkBus, mut rx: mpsc::Receiv
         if !batch.is_empty() {
             let rescheduled = batch.iter().any(|c| c.due_at_ms.is_some());
             let count = batch.len();
-            if let Err(err) = store.complete(std::mem::take(&mut batch)).await {
+            if let Err(err) = complete_retrying(store.as_ref(), std::mem::take(&mut batch)).await {
                 tracing::error!(
                     error = %err, events = count,
                     "cannot record delivery outcomes; these events will be delivered again when their lease ends"

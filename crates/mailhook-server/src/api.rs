@@ -9,18 +9,25 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use mailhook_core::EventType;
+use mailhook_core::engagement::{Observed, Rules};
+use mailhook_core::event::Engagement;
 use mailhook_core::event::{IntakeLimits, parse_intake};
 use mailhook_core::rate::TokenBucket;
-use mailhook_core::settings::validate_settings;
+use mailhook_core::settings::validate_settings_with_sinks;
 use mailhook_core::signature::{SECRET_BYTES, Secret};
 use mailhook_core::time::format_rfc3339_ms;
 use mailhook_core::{AccountId, EventId, FieldError, IntakeError};
 use mailhook_delivery::{SettingsCache, now_ms};
+use mailhook_metrics::{Metrics, Rejected};
 use mailhook_store::{EventRecord, Store, StoredSettings, new_event};
 use serde_json::{Value, json};
 
 use crate::auth::{Scope, Tokens};
 use crate::response::{ApiError, Body, json};
+
+mod stats;
+mod test_push;
 
 /// The API's own settings.
 #[derive(Debug, Clone)]
@@ -43,8 +50,14 @@ pub struct ApiConfig {
     pub secret_grace: Duration,
     /// Most failures listed in one call.
     pub failures_limit_max: usize,
+    /// Longest a test push request waits for the outcome (`delivery.test_timeout`).
+    pub test_timeout: Duration,
+    /// Bearer tokens for `GET /metrics`; empty: open.
+    pub metrics_tokens: Vec<String>,
     /// The SSRF guard's rules, applied to addresses when settings are saved.
     pub address_policy: mailhook_core::net::AddressPolicy,
+    /// The configured sink plugins: what a `plugin:<name>` address may name.
+    pub sink_plugins: Vec<String>,
 }
 
 pub struct Api {
@@ -55,6 +68,11 @@ pub struct Api {
     /// Intake rate per account. Bounded: past `RATE_ACCOUNTS_MAX` accounts it starts over,
     /// which only ever lets more through, never less.
     rates: Mutex<HashMap<String, TokenBucket>>,
+    metrics: Arc<Metrics>,
+    /// Machine detection for opens and clicks.
+    rules: Arc<Rules>,
+    /// Where the dispatcher reports test pushes ("Simulate Send Test") as they go.
+    tests: mailhook_delivery::TestPushes,
 }
 
 /// Accounts whose intake rate is tracked at once.
@@ -66,6 +84,9 @@ impl Api {
         store: Arc<dyn Store>,
         settings: Arc<SettingsCache>,
         bus: mailhook_core::bus::WorkBus,
+        metrics: Arc<Metrics>,
+        rules: Arc<Rules>,
+        tests: mailhook_delivery::TestPushes,
     ) -> Api {
         Api {
             config,
@@ -73,6 +94,9 @@ impl Api {
             settings,
             bus,
             rates: Mutex::new(HashMap::new()),
+            metrics,
+            rules,
+            tests,
         }
     }
 
@@ -154,15 +178,30 @@ impl Api {
             (&Method::GET, ["healthz"]) => Ok(json(StatusCode::OK, &json!({"status": "ok"}))),
             (&Method::GET, ["readyz"]) => self.readyz().await,
             (&Method::POST, ["v1", "events"]) => {
-                self.config.tokens.check(request.headers(), Scope::Intake)?;
-                self.intake(request).await
+                let started = tokio::time::Instant::now();
+                let answer = match self.config.tokens.check(request.headers(), Scope::Intake) {
+                    Ok(()) => self.intake(request).await,
+                    Err(err) => Err(err),
+                };
+                let rejected = answer
+                    .as_ref()
+                    .err()
+                    .map(|e| Rejected::from_status(e.status.as_u16()));
+                self.metrics.intake_request(started.elapsed(), rejected);
+                answer
             }
+            (&Method::GET, ["metrics"]) => self.metrics_text(request.headers()).await,
+            (&Method::GET, ["openapi.json"]) => Ok(crate::openapi::serve()),
             (_, ["v1", "events"]) => Err(method_not_allowed("POST")),
+            // The console's static files hold no data: no token needed (its data calls
+            // send one).
+            (&Method::GET | &Method::HEAD, [""]) => Ok(crate::console::redirect()),
+            (&Method::GET | &Method::HEAD, ["console", ..]) => Ok(crate::console::serve(&path)),
             (_, ["v1", ..]) => {
                 self.config.tokens.check(request.headers(), Scope::Admin)?;
                 self.admin(request, &method, &segments).await
             }
-            _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
+            _ => Err(no_route(&method, &path, &segments)),
         }
     }
 
@@ -211,6 +250,17 @@ impl Api {
                 let body = self.json_body_or_empty(request).await?;
                 self.replay(&account, &body).await
             }
+            (&Method::POST, ["v1", "accounts", account, "webhook", "test"]) => {
+                let account = account_id(account)?;
+                let body = self.json_body_or_empty(request).await?;
+                self.test_push(&account, &body).await
+            }
+            (&Method::GET, ["v1", "stats"]) => {
+                let account = query_param(&request, "account")
+                    .map(|a| account_id(&a))
+                    .transpose()?;
+                self.stats(account.as_ref()).await
+            }
             (&Method::GET, ["v1", "messages", msg_id]) => {
                 let msg_id = percent_decode(msg_id, "msg_id")?;
                 let account = match query_param(&request, "account") {
@@ -219,11 +269,7 @@ impl Api {
                 };
                 self.message(&account, &msg_id).await
             }
-            _ => Err(ApiError::not_found(format!(
-                "no such endpoint: {} {}",
-                method,
-                request.uri().path()
-            ))),
+            _ => Err(no_route(method, request.uri().path(), segments)),
         }
     }
 
@@ -259,6 +305,18 @@ impl Api {
                 other => ApiError::bad_request(other.to_string()),
             })?;
         self.charge_intake(&events)?;
+        let mut events = events;
+        self.detect_machines(&mut events).await?;
+        let recorded: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.account.clone(),
+                    e.event_type,
+                    e.engagement.as_ref().and_then(|g| g.machine_reason.clone()),
+                )
+            })
+            .collect();
         let outcome = self
             .store
             .insert_events(events.into_iter().map(new_event).collect())
@@ -266,10 +324,94 @@ impl Api {
         if outcome.accepted > 0 {
             self.bus.ring();
         }
+        self.metrics.intake_duplicates(outcome.duplicates);
+        for (i, (account, event_type, reason)) in recorded.iter().enumerate() {
+            if outcome.stored.get(i) == Some(&true) {
+                self.metrics.intake_event(account.as_str(), *event_type);
+                if matches!(event_type, EventType::Open | EventType::Click) {
+                    self.metrics.engagement(
+                        *event_type,
+                        reason.as_deref(),
+                        outcome.unique.get(i) == Some(&true),
+                    );
+                }
+            }
+        }
         Ok(json(
             StatusCode::ACCEPTED,
             &json!({"accepted": outcome.accepted, "duplicates": outcome.duplicates, "event_ids": outcome.event_ids}),
         ))
+    }
+
+    /// Fills each open's and click's `engagement` with what the rules say. The fast-click
+    /// rule needs the MsgId's delivery time: one store read per account for the clicks of a
+    /// request, none when there are no clicks.
+    async fn detect_machines(&self, events: &mut [mailhook_core::Event]) -> Result<()> {
+        let mut clicks: HashMap<AccountId, Vec<String>> = HashMap::new();
+        for e in events.iter().filter(|e| e.event_type == EventType::Click) {
+            clicks
+                .entry(e.account.clone())
+                .or_default()
+                .push(e.msg_id.as_str().to_owned());
+        }
+        let mut delivered: HashMap<(AccountId, String), i64> = HashMap::new();
+        for (account, msg_ids) in clicks {
+            for (msg_id, at) in self.store.delivery_times(&account, msg_ids).await? {
+                delivered.insert((account.clone(), msg_id), at);
+            }
+        }
+        for event in events.iter_mut().filter(|e| e.is_engagement()) {
+            let seen = Observed {
+                event_type: event.event_type,
+                status: &event.status,
+                delivered_at_ms: delivered
+                    .get(&(event.account.clone(), event.msg_id.as_str().to_owned()))
+                    .copied(),
+                timestamp_ms: event.timestamp_ms,
+            };
+            let reason = self.rules.detect(&seen);
+            event.engagement = Some(Engagement::detected(reason.as_deref()));
+        }
+        Ok(())
+    }
+
+    /// The Prometheus exposition, with the queue gauges read from the store now.
+    async fn metrics_text(&self, headers: &http::HeaderMap) -> Result<Response<Body>> {
+        if !self.metrics.enabled() {
+            return Err(ApiError::not_found(
+                "metrics are off (metrics.enabled = false)",
+            ));
+        }
+        if !self.config.metrics_tokens.is_empty() {
+            let tokens = Tokens {
+                intake: self.config.metrics_tokens.clone(),
+                admin: Vec::new(),
+            };
+            tokens.check(headers, Scope::Intake).map_err(|mut err| {
+                err.message =
+                    "GET /metrics needs `Authorization: Bearer <metrics token>` (metrics.tokens)"
+                        .to_owned();
+                err
+            })?;
+        }
+        // A store that cannot answer must not fail the scrape: the other series still tell.
+        match self.store.queue_stats().await {
+            Ok(queue) => {
+                let oldest = queue
+                    .oldest_accepted_at_ms
+                    .map_or(0, |at| (now_ms() - at).max(0) as u64);
+                self.metrics
+                    .queue(queue.depth, Duration::from_millis(oldest));
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read queue depth for /metrics"),
+        }
+        let text = self.metrics.render().unwrap_or_default();
+        let mut response = Response::new(http_body_util::Full::new(Bytes::from(text)));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        Ok(response)
     }
 
     async fn get_webhook(&self, account: &AccountId) -> Result<Response<Body>> {
@@ -278,7 +420,12 @@ impl Api {
     }
 
     async fn put_webhook(&self, account: &AccountId, body: &Value) -> Result<Response<Body>> {
-        let settings = validate_settings(body, &self.config.address_policy).map_err(|details| {
+        let settings = validate_settings_with_sinks(
+            body,
+            &self.config.address_policy,
+            Some(&self.config.sink_plugins),
+        )
+        .map_err(|details| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid webhook settings; nothing was saved",
@@ -378,6 +525,7 @@ impl Api {
             }
         };
         let replayed = self.store.replay(account, ids, now_ms()).await?;
+        self.metrics.replayed(replayed.len());
         if !replayed.is_empty() {
             self.bus.ring();
         }
@@ -448,10 +596,37 @@ impl Api {
 }
 
 fn method_not_allowed(allowed: &'static str) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("method not allowed here; use {allowed}"),
-    )
+    ApiError {
+        allow: Some(allowed),
+        ..ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method not allowed here; use {allowed}"),
+        )
+    }
+}
+
+/// The methods a known path takes (the `Allow` of a 405), or `None` for an unknown path.
+/// `tests/it/openapi.rs` checks it against every path of `docs/openapi.json`.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["healthz"] | ["readyz"] | ["metrics"] | ["openapi.json"] | ["v1", "stats"] => Some("GET"),
+        ["v1", "messages", _] | ["v1", "accounts", _, "failures"] => Some("GET"),
+        [""] | ["console", ..] => Some("GET, HEAD"),
+        ["v1", "events"]
+        | ["v1", "accounts", _, "webhook", "secret", "rotate"]
+        | ["v1", "accounts", _, "webhook", "test"]
+        | ["v1", "accounts", _, "failures", "replay"] => Some("POST"),
+        ["v1", "accounts", _, "webhook"] => Some("GET, PUT"),
+        _ => None,
+    }
+}
+
+/// 405 with `Allow` for a known path asked with another method, else 404.
+fn no_route(method: &Method, path: &str, segments: &[&str]) -> ApiError {
+    match allowed_methods(segments) {
+        Some(allowed) => method_not_allowed(allowed),
+        None => ApiError::not_found(format!("no such endpoint: {method} {path}")),
+    }
 }
 
 fn field_error(status: StatusCode, field: &str, message: String) -> ApiError {

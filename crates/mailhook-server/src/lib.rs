@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 mod error;
+pub mod openapi;
 pub mod response;
 pub mod tls;
 

@@ -27,6 +27,8 @@ pub struct ApiError {
     pub message: String,
     pub details: Vec<FieldError>,
     pub retry_after_secs: Option<u64>,
+    /// For a 405: the methods the path takes, sent as `Allow` (RFC 9110).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             message: message.into(),
             details: Vec::new(),
             retry_after_secs: None,
+            allow: None,
         }
     }
 
@@ -71,6 +74,11 @@ impl ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         response
     }
 }
@@ -81,6 +89,9 @@ impl From<mailhook_store::Error> for ApiError {
             mailhook_store::Error::Unavailable(_) | mailhook_store::Error::Closed => {
                 tracing::warn!(error = %err, "store cannot take the request");
                 ApiError::unavailable("the store cannot take this request now; retry later")
+            }
+            mailhook_store::Error::Unsupported(_) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, err.to_string())
             }
             other => {
                 tracing::error!(error = %other, "store error");

@@ -17,6 +17,7 @@ mod schema;
 mod tests;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,7 +32,8 @@ use rusqlite::ffi::ErrorCode;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
-    Completion, Error, EventRecord, InsertOutcome, Job, NewEvent, Result, Store, StoredSettings,
+    Completion, Error, EventRecord, InsertOutcome, Job, Lease, NewEvent, QueueStats, Result, Stats,
+    Store, StoredSettings, lanes,
 };
 use ops::Op;
 use writer::{Msg, Request, Writer};
@@ -77,6 +79,8 @@ struct Inner {
     read_permits: Arc<Semaphore>,
     closed: AtomicBool,
     commits: Arc<AtomicU64>,
+    /// Claims so far; spreads the retry lane's share (`lanes::retry_share`).
+    claims: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -131,6 +135,7 @@ impl SqliteStore {
                 read_permits: Arc::new(Semaphore::new(read_connections)),
                 closed: AtomicBool::new(false),
                 commits,
+                claims: AtomicU64::new(0),
             }),
         })
     }
@@ -298,6 +303,8 @@ impl Store for SqliteStore {
                 accepted: 0,
                 duplicates: 0,
                 event_ids: Vec::new(),
+                stored: Vec::new(),
+                unique: Vec::new(),
             });
         }
         self.write(ops::Insert { events }).await
@@ -308,10 +315,12 @@ impl Store for SqliteStore {
             self.check_open()?;
             return Ok(Vec::new());
         }
+        let seq = self.inner.claims.fetch_add(1, Ordering::Relaxed);
         self.write(ops::Claim {
             now_ms,
             limit,
             lease_ms,
+            retry_share: lanes::retry_share(limit, seq),
         })
         .await
     }
@@ -323,15 +332,41 @@ impl Store for SqliteStore {
         self.write(ops::Complete { completions }).await
     }
 
-    async fn release(&self, ids: Vec<i64>) -> Result<()> {
-        if ids.is_empty() {
+    async fn release(&self, leases: Vec<Lease>) -> Result<()> {
+        if leases.is_empty() {
             return self.check_open();
         }
-        self.write(ops::Release { ids }).await
+        self.write(ops::Release { leases }).await
+    }
+
+    async fn prune(&self, settled_before_ms: i64, batch_max: usize) -> Result<usize> {
+        if batch_max == 0 {
+            self.check_open()?;
+            return Ok(0);
+        }
+        self.write(ops::Prune {
+            settled_before_ms,
+            batch_max,
+        })
+        .await
     }
 
     async fn next_due_at(&self) -> Result<Option<i64>> {
         self.read(reads::next_due_at).await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        self.read(reads::queue_stats).await
+    }
+
+    async fn delivery_times(
+        &self,
+        account: &AccountId,
+        msg_ids: Vec<String>,
+    ) -> Result<HashMap<String, i64>> {
+        let account = account.clone();
+        self.read(move |conn| reads::delivery_times(conn, &account, &msg_ids))
+            .await
     }
 
     async fn get_settings(&self, account: &AccountId) -> Result<Option<StoredSettings>> {
@@ -403,6 +438,12 @@ impl Store for SqliteStore {
             now_ms,
         })
         .await
+    }
+
+    async fn stats(&self, account: Option<&AccountId>) -> Result<Stats> {
+        let account = account.cloned();
+        self.read(move |conn| reads::stats(conn, account.as_ref()))
+            .await
     }
 
     async fn ping(&self) -> Result<()> {

@@ -20,6 +20,11 @@ pub struct InsertOutcome {
     pub duplicates: usize,
     /// One per event, in request order (duplicates included).
     pub event_ids: Vec<String>,
+    /// One per event: stored now (`false` for a duplicate).
+    pub stored: Vec<bool>,
+    /// One per event: the first open (or click) of its MsgId, decided inside the insert's
+    /// transaction so it is exact however requests race. `false` for other types.
+    pub unique: Vec<bool>,
 }
 
 /// Life states of an event, as the API shows them.
@@ -41,6 +46,12 @@ impl EventState {
             EventState::Dead => "dead",
             EventState::Skipped => "skipped",
         }
+    }
+
+    /// Whether the event is at rest for good (`delivered` or `skipped`): retention may
+    /// prune it. `failed` and `dead` events wait for replay and are kept.
+    pub fn is_settled(self) -> bool {
+        matches!(self, EventState::Delivered | EventState::Skipped)
     }
 
     pub fn parse(text: &str) -> Option<EventState> {
@@ -71,6 +82,28 @@ pub struct Job {
     /// Attempts made so far over the whole chain and every round.
     pub attempts: u32,
     pub accepted_at_ms: i64,
+    /// Which claim of the event this is (it grows with every claim). A completion or a
+    /// release carries it back, and the store ignores one whose claim is no longer the
+    /// latest: a dispatcher whose lease ran out cannot overwrite the outcome of the one that
+    /// took the event over.
+    pub lease_token: i64,
+}
+
+impl Job {
+    /// What `Store::release` needs to end this claim.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            token: self.lease_token,
+        }
+    }
+}
+
+/// One claim of one event: its store id and the claim's `Job::lease_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub id: i64,
+    pub token: i64,
 }
 
 /// One HTTP attempt (or plugin call) and what came of it.
@@ -90,6 +123,8 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub id: i64,
+    /// The `Job::lease_token` of the claim this completes.
+    pub lease_token: i64,
     pub state: EventState,
     pub pos: ChainPos,
     /// Next time the event is due (retry or recovery round); `None` when it is at rest.
@@ -140,4 +175,66 @@ pub struct EventRecord {
     pub due_at_ms: Option<i64>,
     pub round: u32,
     pub attempts: Vec<AttemptRecord>,
+}
+
+/// How many events sit in each state, for one event type or for test pushes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub skipped: u64,
+}
+
+impl StateCounts {
+    /// Every event counted, whatever its state: the events received.
+    pub fn total(&self) -> u64 {
+        self.pending + self.delivered + self.failed + self.dead + self.skipped
+    }
+
+    pub fn add(&mut self, state: EventState, count: u64) {
+        let slot = match state {
+            EventState::Pending => &mut self.pending,
+            EventState::Delivered => &mut self.delivered,
+            EventState::Failed => &mut self.failed,
+            EventState::Dead => &mut self.dead,
+            EventState::Skipped => &mut self.skipped,
+        };
+        *slot += count;
+    }
+}
+
+/// Event counts of an account (or of every account) by type and state, as stored: the
+/// console's overview. Test pushes are counted apart so they do not inflate real traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Real events, one entry per type in `EventType::ALL` order (zeros included).
+    pub by_type: Vec<(EventType, StateCounts)>,
+    /// Test pushes ("Simulate Send Test"), every type together.
+    pub tests: StateCounts,
+}
+
+impl Stats {
+    /// Counts `count` events of `event_type` (a test push when `test`) in `state`.
+    pub fn add(&mut self, event_type: EventType, test: bool, state: EventState, count: u64) {
+        if self.by_type.is_empty() {
+            self.by_type = EventType::ALL
+                .into_iter()
+                .map(|t| (t, StateCounts::default()))
+                .collect();
+        }
+        if test {
+            self.tests.add(state, count);
+        } else if let Some((_, counts)) = self.by_type.iter_mut().find(|(t, _)| *t == event_type) {
+            counts.add(state, count);
+        }
+    }
+}
+
+/// What waits in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    pub depth: u64,
+    pub oldest_accepted_at_ms: Option<i64>,
 }

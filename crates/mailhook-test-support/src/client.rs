@@ -243,6 +243,18 @@ impl ApiClient {
         }
     }
 
+    /// Whether `path` answers 200 within a second (readiness probes of other servers).
+    pub async fn healthz_path(&self, path: &str) -> bool {
+        let request = Request::builder()
+            .uri(format!("{}{path}", self.base))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), self.client.request(request)).await,
+            Ok(Ok(response)) if response.status() == StatusCode::OK
+        )
+    }
+
     pub async fn healthz(&self) -> bool {
         let request = Request::builder()
             .uri(format!("{}/healthz", self.base))

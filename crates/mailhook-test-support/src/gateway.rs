@@ -16,9 +16,33 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 use crate::client::ApiClient;
+use crate::test_db::TestDatabase;
 
 pub const INTAKE_TOKEN: &str = "test-intake-token-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Selects the store every gateway of the end-to-end suite runs on: unset or `sqlite` for
+/// the embedded store in the gateway's temp dir, `postgres` for a fresh database on the
+/// local PostgreSQL server per gateway (kept across its restarts, dropped with it).
+pub const STORE_ENV: &str = "MAILHOOK_TEST_STORE";
+
+/// Whether this test run puts its gateways on PostgreSQL (see `STORE_ENV`).
+pub fn test_store_is_postgres() -> bool {
+    match std::env::var(STORE_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("{STORE_ENV}={other} is not understood: use sqlite or postgres"),
+    }
+}
+
+/// A fresh database when the run is on PostgreSQL.
+async fn test_database() -> Option<TestDatabase> {
+    if test_store_is_postgres() {
+        Some(TestDatabase::create().await)
+    } else {
+        None
+    }
+}
 
 /// A config for tests: loopback, fixed tokens, fast retries, no recovery rounds.
 pub fn test_config(data_dir: &Path) -> Config {
@@ -45,6 +69,9 @@ pub struct TestGateway {
     pub gateway: Option<Gateway>,
     pub api: ApiClient,
     pub dir: TempDir,
+    /// The gateway's PostgreSQL database (`STORE_ENV=postgres`); last, so it is dropped
+    /// after the gateway.
+    pub db: Option<TestDatabase>,
 }
 
 impl TestGateway {
@@ -59,19 +86,29 @@ impl TestGateway {
         resolver: Arc<dyn Resolve>,
     ) -> TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
-        let gateway = launch(dir.path(), tweak, resolver).await;
+        let db = test_database().await;
+        let url = db.as_ref().map(|db| db.url().to_owned());
+        let gateway = launch(dir.path(), url.as_deref(), tweak, resolver).await;
         let api = ApiClient::new(gateway.local_addr(), INTAKE_TOKEN, ADMIN_TOKEN);
         TestGateway {
             gateway: Some(gateway),
             api,
             dir,
+            db,
         }
     }
 
     /// Shuts down and starts again on the same data dir with a new config tweak.
     pub async fn restart(&mut self, tweak: impl FnOnce(&mut Config)) {
         self.shutdown().await;
-        let gateway = launch(self.dir.path(), tweak, Arc::new(SystemResolver)).await;
+        let url = self.db.as_ref().map(|db| db.url().to_owned());
+        let gateway = launch(
+            self.dir.path(),
+            url.as_deref(),
+            tweak,
+            Arc::new(SystemResolver),
+        )
+        .await;
         self.api = ApiClient::new(gateway.local_addr(), INTAKE_TOKEN, ADMIN_TOKEN);
         self.gateway = Some(gateway);
     }
@@ -89,10 +126,14 @@ impl TestGateway {
 
 async fn launch(
     dir: &Path,
+    store_url: Option<&str>,
     tweak: impl FnOnce(&mut Config),
     resolver: Arc<dyn Resolve>,
 ) -> Gateway {
     let mut config = test_config(dir);
+    if let Some(url) = store_url {
+        config.store.url = url.to_owned();
+    }
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -147,24 +188,92 @@ pub struct GatewayProcess {
     pub dir: TempDir,
     /// Where the gateway's stderr (its log) goes; `None`: the test's own stderr.
     pub log_path: Option<PathBuf>,
+    /// The PostgreSQL database it runs on, shared with the other nodes of a test; last, so
+    /// it is dropped after the process is killed.
+    pub db: Option<Arc<TestDatabase>>,
 }
 
 impl GatewayProcess {
     /// Writes the config (with a free port) and starts the binary; returns once `/healthz`
     /// answers.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> GatewayProcess {
-        GatewayProcess::start_inner(tweak, false).await
+        let db = test_database().await.map(Arc::new);
+        GatewayProcess::start_inner(tweak, false, db).await
     }
 
     /// Like `start`, with the gateway's log written to `log_path` for the test to read.
     pub async fn start_logged(tweak: impl FnOnce(&mut Config)) -> GatewayProcess {
-        GatewayProcess::start_inner(tweak, true).await
+        let db = test_database().await.map(Arc::new);
+        GatewayProcess::start_inner(tweak, true, db).await
     }
 
-    async fn start_inner(tweak: impl FnOnce(&mut Config), capture_log: bool) -> GatewayProcess {
+    /// A node on the PostgreSQL database `db`, which other nodes of the test share; its log
+    /// is captured like `start_logged`.
+    pub async fn start_node(
+        db: Arc<TestDatabase>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> GatewayProcess {
+        GatewayProcess::start_inner(tweak, true, Some(db)).await
+    }
+
+    async fn start_inner(
+        tweak: impl FnOnce(&mut Config),
+        capture_log: bool,
+        db: Option<Arc<TestDatabase>>,
+    ) -> GatewayProcess {
+        let mut process = GatewayProcess::prepare_inner(tweak, capture_log, db);
+        process.spawn().await;
+        process
+    }
+
+    /// Writes the config like `start_logged` but starts nothing: for tests of a start that
+    /// must fail (see `run_to_exit`), or that change the data dir first.
+    pub async fn prepare(tweak: impl FnOnce(&mut Config)) -> GatewayProcess {
+        let db = test_database().await.map(Arc::new);
+        GatewayProcess::prepare_inner(tweak, true, db)
+    }
+
+    /// Runs the binary on `config_path` until it exits (within `timeout`); its exit code
+    /// and everything it wrote to stderr. For starts that must fail.
+    pub async fn run_to_exit(config_path: &Path, timeout: Duration) -> (Option<i32>, String) {
+        let mut command = Command::new(mailhook_bin());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("MAILHOOK_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .arg("--config")
+            .arg(config_path)
+            .arg("serve")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mailhook");
+        let output = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("mailhook did not exit within {timeout:?}"))
+            .expect("wait for mailhook");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn prepare_inner(
+        tweak: impl FnOnce(&mut Config),
+        capture_log: bool,
+        db: Option<Arc<TestDatabase>>,
+    ) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(&dir.path().join("data"));
         config.listen = free_port();
+        if let Some(db) = &db {
+            config.store.url = db.url().to_owned();
+        }
         tweak(&mut config);
         let config_path = dir.path().join("mailhook.toml");
         std::fs::write(
@@ -173,22 +282,29 @@ impl GatewayProcess {
         )
         .expect("write config");
         let addr = config.listen;
-        let mut process = GatewayProcess {
+        GatewayProcess {
             child: None,
             api: ApiClient::new(addr, INTAKE_TOKEN, ADMIN_TOKEN),
             config_path,
             log_path: capture_log.then(|| dir.path().join("gateway.log")),
             addr,
             dir,
-        };
-        process.spawn().await;
-        process
+            db,
+        }
     }
 
     /// (Re)starts the binary on the same config and data dir.
     pub async fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(mailhook_bin())
+        let mut command = Command::new(mailhook_bin());
+        // The gateway reads every `MAILHOOK_*` variable as a config key: keep the test
+        // suite's own (`MAILHOOK_TEST_STORE`, `MAILHOOK_BIN`, ...) out of its environment.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("MAILHOOK_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .arg("serve")

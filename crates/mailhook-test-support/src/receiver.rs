@@ -21,6 +21,7 @@
 use std::collections::VecDeque;
 use std::future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -40,6 +41,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+
+mod raw;
 
 /// The path every receiver is reachable at: [`Receiver::url`] ends with it.
 pub const HOOK_PATH: &str = "/hook";
@@ -69,6 +72,23 @@ pub enum Reply {
     Drop,
     /// Never answers; the connection stays open until the client gives up or the receiver stops.
     Hang,
+    // The variants below misbehave below HTTP's level; only a raw receiver
+    // ([`Receiver::start_raw`]) can play them.
+    /// Answers with this status and a chunked body that never ends, sent as fast as the
+    /// client reads it.
+    Endless(u16),
+    /// Answers with this status, then trickles a body that never ends: one byte per interval.
+    Trickle(u16, Duration),
+    /// Answers with this status and a body of this many bytes (with its `content-length`).
+    HugeBody(u16, usize),
+    /// Answers with this status and a `content-length` of 64 KiB, sends 100 bytes of the
+    /// body, then resets the connection (TCP RST).
+    ResetMidBody(u16),
+    /// Resets the connection (TCP RST) without any response.
+    Reset,
+    /// Answers `200 OK` with this HTTP version in the status line (say `HTTP/2.0` on an
+    /// HTTP/1.1 connection, or `ICY`): a response no HTTP/1.1 client may take.
+    WrongVersion(String),
 }
 
 impl Reply {
@@ -87,13 +107,44 @@ impl Reply {
         Reply::Delay(delay, Box::new(then))
     }
 
+    /// A redirect (`code` is 301, 302, 303, 307 or 308) to `location`.
+    pub fn redirect(code: u16, location: &str) -> Reply {
+        Reply::StatusWithHeaders(code, vec![("location".to_owned(), location.to_owned())])
+    }
+
+    /// `code` (429 or 503) with `retry-after: <value>` (seconds or an HTTP date).
+    pub fn retry_after(code: u16, value: &str) -> Reply {
+        Reply::StatusWithHeaders(code, vec![("retry-after".to_owned(), value.to_owned())])
+    }
+
+    /// Whether only a raw receiver ([`Receiver::start_raw`]) can carry this reply out.
+    pub fn needs_raw(&self) -> bool {
+        match self {
+            Reply::Status(_) | Reply::StatusWithHeaders(..) | Reply::Drop | Reply::Hang => false,
+            Reply::Delay(_, then) => then.needs_raw(),
+            Reply::Endless(_)
+            | Reply::Trickle(..)
+            | Reply::HugeBody(..)
+            | Reply::ResetMidBody(_)
+            | Reply::Reset
+            | Reply::WrongVersion(_) => true,
+        }
+    }
+
     /// The status the client finally gets, or 0 when it gets no response ([`Reply::Drop`],
     /// [`Reply::Hang`]).
+    /// For the low-level replies, the status of the status line they send (0 for
+    /// [`Reply::Reset`] and [`Reply::WrongVersion`], whose answer is no HTTP status at all).
     pub fn final_status(&self) -> u16 {
         match self {
-            Reply::Status(code) | Reply::StatusWithHeaders(code, _) => *code,
+            Reply::Status(code)
+            | Reply::StatusWithHeaders(code, _)
+            | Reply::Endless(code)
+            | Reply::Trickle(code, _)
+            | Reply::HugeBody(code, _)
+            | Reply::ResetMidBody(code) => *code,
             Reply::Delay(_, then) => then.final_status(),
-            Reply::Drop | Reply::Hang => 0,
+            Reply::Drop | Reply::Hang | Reply::Reset | Reply::WrongVersion(_) => 0,
         }
     }
 
@@ -115,7 +166,15 @@ impl Reply {
                 }
             }
             Reply::Delay(_, then) => then.assert_valid(),
-            Reply::Drop | Reply::Hang => {}
+            Reply::Endless(code)
+            | Reply::Trickle(code, _)
+            | Reply::HugeBody(code, _)
+            | Reply::ResetMidBody(code) => assert_status_valid(*code),
+            Reply::WrongVersion(version) => assert!(
+                !version.is_empty() && version.bytes().all(|b| b.is_ascii_graphic()),
+                "receiver reply: version {version:?} must be visible ASCII without spaces"
+            ),
+            Reply::Drop | Reply::Hang | Reply::Reset => {}
         }
     }
 }
@@ -187,9 +246,26 @@ struct Shared {
     addr: SocketAddr,
     /// `Some` for an HTTPS receiver: every connection is a TLS handshake first.
     tls: Option<TlsAcceptor>,
+    /// How connections are served.
+    mode: Mode,
+    /// TCP connections accepted so far (all modes).
+    connections: AtomicUsize,
+    /// Response bytes written so far (raw mode only).
+    bytes_sent: AtomicU64,
     state: Mutex<State>,
     /// Number of recorded requests, for [`Receiver::wait_for`].
     count: watch::Sender<usize>,
+}
+
+/// How a receiver serves its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// hyper's HTTP/1.1 server (or HTTP/1.1 and HTTP/2 over TLS).
+    Hyper,
+    /// A hand-written HTTP/1.1 exchange that can misbehave below HTTP (`raw.rs`).
+    Raw,
+    /// Accepts TCP connections and then never reads or writes: a TLS handshake that stalls.
+    Stall,
 }
 
 struct State {
@@ -217,7 +293,26 @@ impl Receiver {
         Receiver::start_with(Some(TlsAcceptor::from(config)))
     }
 
+    /// Starts a raw HTTP/1.1 receiver on `127.0.0.1:0`: it reads each request itself and can
+    /// carry out every [`Reply`], including those that misbehave below HTTP (a body that never
+    /// ends or trickles, a reset mid-body, a wrong HTTP version). Requests must carry their
+    /// body with `content-length` (the gateway's do).
+    pub async fn start_raw() -> Receiver {
+        Receiver::start_mode(None, Mode::Raw)
+    }
+
+    /// Starts a receiver whose TLS handshake stalls: it accepts TCP connections on
+    /// `127.0.0.1:0` and never reads or writes a byte. [`Receiver::url`] is `https://...`;
+    /// nothing is ever recorded, [`Receiver::connections`] counts the connections.
+    pub async fn start_stalled_tls() -> Receiver {
+        Receiver::start_mode(None, Mode::Stall)
+    }
+
     fn start_with(tls: Option<TlsAcceptor>) -> Receiver {
+        Receiver::start_mode(tls, Mode::Hyper)
+    }
+
+    fn start_mode(tls: Option<TlsAcceptor>, mode: Mode) -> Receiver {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .unwrap_or_else(|err| panic!("receiver: cannot bind 127.0.0.1:0: {err}"));
         let addr = listener
@@ -226,6 +321,9 @@ impl Receiver {
         let shared = Arc::new(Shared {
             addr,
             tls,
+            mode,
+            connections: AtomicUsize::new(0),
+            bytes_sent: AtomicU64::new(0),
             state: Mutex::new(State {
                 default: Reply::ok(),
                 script: VecDeque::new(),
@@ -245,10 +343,22 @@ impl Receiver {
     /// `http://127.0.0.1:PORT/hook`, or `https://localhost:PORT/hook` for an HTTPS receiver
     /// (the name its test certificate is for).
     pub fn url(&self) -> String {
-        match self.inner.shared.tls {
-            None => format!("http://{}{HOOK_PATH}", self.addr()),
-            Some(_) => format!("https://localhost:{}{HOOK_PATH}", self.addr().port()),
+        let shared = &self.inner.shared;
+        if shared.tls.is_none() && shared.mode != Mode::Stall {
+            format!("http://{}{HOOK_PATH}", self.addr())
+        } else {
+            format!("https://localhost:{}{HOOK_PATH}", self.addr().port())
         }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.inner.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Response bytes written so far, head and body (raw receivers only; 0 otherwise).
+    pub fn bytes_sent(&self) -> u64 {
+        self.inner.shared.bytes_sent.load(Ordering::SeqCst)
     }
 
     /// The address the receiver listens on; the same across [`Receiver::restart`].
@@ -258,21 +368,30 @@ impl Receiver {
 
     /// The reply used when the script is empty.
     pub fn set_default(&self, reply: Reply) {
-        reply.assert_valid();
+        self.check(&reply);
         self.inner.shared.lock().default = reply;
     }
 
     /// Appends one reply to the script; each request takes the next one.
     pub fn push(&self, reply: Reply) {
-        reply.assert_valid();
+        self.check(&reply);
         self.inner.shared.lock().script.push_back(reply);
     }
 
     /// Appends these replies to the script, in order.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         let replies: Vec<Reply> = replies.into_iter().collect();
-        replies.iter().for_each(Reply::assert_valid);
+        replies.iter().for_each(|reply| self.check(reply));
         self.inner.shared.lock().script.extend(replies);
+    }
+
+    /// Panics, in the test that scripted it, on a reply this receiver cannot carry out.
+    fn check(&self, reply: &Reply) {
+        reply.assert_valid();
+        assert!(
+            !reply.needs_raw() || self.inner.shared.mode == Mode::Raw,
+            "receiver reply {reply:?} needs a raw receiver (Receiver::start_raw)"
+        );
     }
 
     /// Stops serving: the port is closed at once, so new connections are refused, and open
@@ -394,9 +513,32 @@ impl Shared {
             // Stopped between accept and here: the client must see the receiver as down.
             return;
         }
+        self.connections.fetch_add(1, Ordering::SeqCst);
         state.connections.retain(|task| !task.is_finished());
-        let task = tokio::spawn(Arc::clone(self).serve_connection(stream));
+        let task = match self.mode {
+            Mode::Hyper => tokio::spawn(Arc::clone(self).serve_connection(stream)),
+            Mode::Raw => tokio::spawn(raw::serve(Arc::clone(self), stream)),
+            // Held open, silent, until the client gives up or the receiver stops.
+            Mode::Stall => tokio::spawn(async move {
+                let _stream = stream;
+                future::pending::<()>().await
+            }),
+        };
         state.connections.push(task.abort_handle());
+    }
+
+    /// Takes the next reply of the script (or the default) and records the request with the
+    /// status that reply answers.
+    fn record(&self, mut request: Recorded) -> Reply {
+        let mut state = self.lock();
+        let reply = state
+            .script
+            .pop_front()
+            .unwrap_or_else(|| state.default.clone());
+        request.replied = reply.final_status();
+        state.recorded.push(request);
+        self.count.send_replace(state.recorded.len());
+        reply
     }
 
     async fn serve_connection(self: Arc<Self>, stream: TcpStream) {
@@ -470,25 +612,16 @@ impl Shared {
                 (name.as_str().to_owned(), value)
             })
             .collect();
-        let reply = {
-            let mut state = self.lock();
-            let reply = state
-                .script
-                .pop_front()
-                .unwrap_or_else(|| state.default.clone());
-            state.recorded.push(Recorded {
-                method: parts.method.as_str().to_owned(),
-                path: parts.uri.path().to_owned(),
-                headers,
-                body,
-                at: Instant::now(),
-                replied: reply.final_status(),
-                version: parts.version,
-                client_cert,
-            });
-            self.count.send_replace(state.recorded.len());
-            reply
-        };
+        let reply = self.record(Recorded {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            headers,
+            body,
+            at: Instant::now(),
+            replied: 0,
+            version: parts.version,
+            client_cert,
+        });
         answer(reply, &drop_connection).await
     }
 }
@@ -511,6 +644,15 @@ async fn answer(
                 return future::pending().await;
             }
             Reply::Hang => return future::pending().await,
+            // `Receiver::check` keeps these to raw receivers.
+            Reply::Endless(_)
+            | Reply::Trickle(..)
+            | Reply::HugeBody(..)
+            | Reply::ResetMidBody(_)
+            | Reply::Reset
+            | Reply::WrongVersion(_) => {
+                unreachable!("a raw-only reply was scripted on a hyper receiver")
+            }
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub metrics: mailhook_metrics::MetricsConfig,
+    pub engagement: EngagementConfig,
+    /// WASM plugins: payload transforms and custom sinks.
+    pub plugins: mailhook_plugin_host::PluginsConfig,
     /// Webhook settings saved at start (overwriting what the API saved for these accounts).
     pub accounts: Vec<AccountSeed>,
 }
@@ -45,6 +49,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            metrics: mailhook_metrics::MetricsConfig::default(),
+            engagement: EngagementConfig::default(),
+            plugins: mailhook_plugin_host::PluginsConfig::default(),
             accounts: Vec::new(),
         }
     }
@@ -53,24 +60,47 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH`; empty means `sqlite://<data_dir>/mailhook.db`.
+    /// `sqlite://PATH`, or `postgres://user@host:port/db` for a store several nodes share;
+    /// empty means `sqlite://<data_dir>/mailhook.db`.
     pub url: String,
-    /// Most events written in one group-commit transaction.
+    /// Most events written in one group-commit transaction (SQLite).
     pub events_per_commit_max: usize,
-    /// Write requests queued for the writer before intake waits (back-pressure).
+    /// Write requests queued for the writer before intake waits (SQLite back-pressure).
     pub write_queue_max: usize,
-    /// Read-only connections for lookups.
+    /// Read-only connections for lookups (SQLite).
     pub read_connections: usize,
+    /// Most pooled connections to PostgreSQL (one more is kept for LISTEN).
+    pub pool_size_max: usize,
+    /// Opening a PostgreSQL connection, or waiting for a free pooled one, may take this long;
+    /// then the call fails as unavailable (intake answers 503, `/readyz` not ready).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Delivered and skipped events (and their attempts) are deleted this long after they
+    /// came to rest. Failed, dead and pending events are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the pruning of old events runs.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+    /// Most events deleted in one pruning transaction; a run goes on batch after batch
+    /// while there is more to delete.
+    pub prune_batch_max: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> StoreConfig {
         let sqlite = mailhook_store::sqlite::SqliteOptions::default();
+        let postgres = mailhook_store::postgres::PostgresOptions::default();
         StoreConfig {
             url: String::new(),
             events_per_commit_max: sqlite.events_per_commit_max,
             write_queue_max: sqlite.write_queue_max,
             read_connections: sqlite.read_connections,
+            pool_size_max: postgres.pool_size_max,
+            connect_timeout: postgres.connect_timeout,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(60),
+            prune_batch_max: 1000,
         }
     }
 }
@@ -260,6 +290,43 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Machine detection for opens and clicks.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngagementConfig {
+    /// A rules file like `config/engagement-rules.toml`; empty: the rules built in (that file).
+    pub rules_file: PathBuf,
+}
+
+/// The rules file shipped in `config/`, built into the binary as the default.
+pub const DEFAULT_ENGAGEMENT_RULES: &str = include_str!("../../../config/engagement-rules.toml");
+
+impl EngagementConfig {
+    pub fn load_rules(&self) -> Result<mailhook_core::engagement::Rules, String> {
+        let (text, origin) = if self.rules_file.as_os_str().is_empty() {
+            (
+                DEFAULT_ENGAGEMENT_RULES.to_owned(),
+                "the built-in rules".to_owned(),
+            )
+        } else {
+            let text = std::fs::read_to_string(&self.rules_file).map_err(|err| {
+                format!(
+                    "engagement.rules_file `{}` cannot be read: {err}",
+                    self.rules_file.display()
+                )
+            })?;
+            (
+                text,
+                format!("engagement.rules_file `{}`", self.rules_file.display()),
+            )
+        };
+        let rules: mailhook_core::engagement::Rules = toml::from_str(&text)
+            .map_err(|err| format!("{origin} is not a valid rules file: {err}"))?;
+        rules.validate().map_err(|err| format!("{origin}: {err}"))?;
+        Ok(rules)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -291,10 +358,28 @@ pub struct AccountSeed {
     pub events: Vec<String>,
 }
 
+/// `store.url` with the password, if any, replaced by `(hidden)`: for printing the config.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // userinfo ends at the last `@` before the first `/` (a password may hold `@` encoded).
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:(hidden){}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Where the store lives, parsed from `store.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     Sqlite(PathBuf),
+    /// A `postgres://` (or `postgresql://`) URL, as libpq reads it.
+    Postgres(String),
 }
 
 impl Config {
@@ -328,6 +413,11 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         self.delivery.validate()?;
+        self.plugins.validate()?;
+        self.engagement.load_rules()?;
+        if self.metrics.accounts_max == 0 {
+            return Err("metrics.accounts_max must be at least 1".to_owned());
+        }
         self.store_location()?;
         self.tls.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
@@ -383,6 +473,19 @@ impl Config {
         {
             return Err("store.events_per_commit_max, store.write_queue_max and store.read_connections must be at least 1".to_owned());
         }
+        if self.store.pool_size_max == 0 || self.store.prune_batch_max == 0 {
+            return Err(
+                "store.pool_size_max and store.prune_batch_max must be at least 1".to_owned(),
+            );
+        }
+        if self.store.connect_timeout.is_zero() || self.store.prune_interval.is_zero() {
+            return Err(
+                "store.connect_timeout and store.prune_interval must be above 0".to_owned(),
+            );
+        }
+        if self.store.retention.is_zero() {
+            return Err("store.retention must be above 0".to_owned());
+        }
         for (i, token) in self
             .auth
             .intake_tokens
@@ -415,13 +518,15 @@ impl Config {
             return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(
-                "store.url: PostgreSQL is not supported by this build yet; use sqlite://"
-                    .to_owned(),
-            );
+            // Checked here so a typo stops the start with the key named, not at connect.
+            mailhook_store::postgres::parse_url(url).map_err(|err| match err {
+                mailhook_store::Error::Unavailable(message) => message,
+                other => other.to_string(),
+            })?;
+            return Ok(StoreLocation::Postgres(url.to_owned()));
         }
         Err(format!(
-            "store.url `{url}` is not understood: use sqlite://PATH"
+            "store.url `{url}` is not understood: use sqlite://PATH or postgres://user@host:port/db"
         ))
     }
 }
@@ -468,6 +573,54 @@ mod tests {
     }
 
     #[test]
+    fn store_urls_select_the_backend_and_passwords_are_hidden_when_shown() {
+        let mut config = Config::default();
+        // (url, location or error words)
+        let cases: [(&str, Result<StoreLocation, &str>); 5] = [
+            (
+                "",
+                Ok(StoreLocation::Sqlite(PathBuf::from("./data/mailhook.db"))),
+            ),
+            (
+                "sqlite:///tmp/m.db",
+                Ok(StoreLocation::Sqlite(PathBuf::from("/tmp/m.db"))),
+            ),
+            (
+                "postgres://mh@127.0.0.1:5432/mailhook",
+                Ok(StoreLocation::Postgres(
+                    "postgres://mh@127.0.0.1:5432/mailhook".into(),
+                )),
+            ),
+            (
+                "postgres://mh@127.0.0.1:notaport/db",
+                Err("not a valid PostgreSQL URL"),
+            ),
+            ("mysql://x", Err("sqlite://PATH or postgres://")),
+        ];
+        for (url, expected) in cases {
+            config.store.url = url.to_owned();
+            match expected {
+                Ok(location) => assert_eq!(config.store_location(), Ok(location), "{url}"),
+                Err(words) => {
+                    let err = config.store_location().unwrap_err();
+                    assert!(err.contains(words), "{url}: {err}");
+                }
+            }
+        }
+        let shown = [
+            (
+                "postgres://mh:s3cret@db:5432/m",
+                "postgres://mh:(hidden)@db:5432/m",
+            ),
+            ("postgres://mh@db/m", "postgres://mh@db/m"),
+            ("sqlite://./data/m.db", "sqlite://./data/m.db"),
+        ];
+        for (url, expected) in shown {
+            assert_eq!(redact_password(url), expected);
+        }
+    }
+
+    #[test]
     fn tls_files_come_in_pairs() {
         let mut config = Config::default();
         assert!(config.validate().is_ok());
@@ -506,6 +659,52 @@ mod tests {
                 .unwrap_err()
                 .contains("tls.extra_ca_files[0]")
         );
+    }
+
+    #[test]
+    fn plugins_load_from_toml_with_their_own_config_and_are_checked() {
+        let text = r#"
+            [plugins]
+            dir = "/opt/mailhook/plugins"
+            [[plugins.load]]
+            name = "uspeedo-format"
+            file = "uspeedo_format.wasm"
+            kind = "transform"
+            policy = "fail_open"
+            config = { time_format = "unix", nested = { a = [1, 2] } }
+            timeout = "20ms"
+            [[plugins.load]]
+            name = "slack-sink"
+            file = "slack_sink.wasm"
+            kind = "sink"
+            [[plugins.transforms]]
+            account = "default"
+            chain = ["uspeedo-format"]
+        "#;
+        let load = |text: &str| {
+            let figment =
+                Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+            Config::from_figment(&figment)
+        };
+        let config = load(text).expect("loads");
+        let spec = &config.plugins.load[0];
+        assert_eq!(spec.policy, mailhook_plugin_host::Policy::FailOpen);
+        assert_eq!(spec.config["nested"]["a"][1], 2);
+        assert_eq!(spec.timeout, Some(Duration::from_millis(20)));
+        assert_eq!(config.plugins.sink_names(), vec!["slack-sink".to_owned()]);
+        // What the test support writes for the real binary reads back the same.
+        let round_trip = toml::to_string(&config).expect("serializes");
+        assert_eq!(load(&round_trip).expect("loads again"), config);
+
+        let err = load(&text.replace("chain = [\"uspeedo-format\"]", "chain = [\"slack-sink\"]"))
+            .unwrap_err();
+        assert!(
+            err.contains("plugins.transforms[0].chain") && err.contains("not a transform"),
+            "{err}"
+        );
+        let err =
+            load(&text.replace("kind = \"sink\"", "kind = \"sink\"\nfuel_max = 3")).unwrap_err();
+        assert!(err.contains("fuel_max"), "{err}");
     }
 
     /// Every key of the config struct must appear in the commented reference, and the

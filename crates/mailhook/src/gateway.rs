@@ -11,22 +11,27 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mailhook_core::AccountId;
 use mailhook_core::bus::WorkBus;
-use mailhook_core::settings::validate_settings;
+use mailhook_core::settings::validate_settings_with_sinks;
 use mailhook_core::signature::{SECRET_BYTES, Secret};
 use mailhook_delivery::resolve::{GuardedResolver, Resolve, SystemResolver};
-use mailhook_delivery::{Dispatcher, SettingsCache, now_ms};
+use mailhook_delivery::{Dispatcher, DispatcherExtras, SettingsCache, now_ms};
+use mailhook_metrics::Metrics;
 use mailhook_server::{Api, ApiConfig, Server, ServerOptions, Tokens};
 use mailhook_store::Store;
+use mailhook_store::postgres::{PostgresOptions, PostgresStore};
 use mailhook_store::sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
 use crate::config::{Config, StoreLocation};
+use crate::prune::Pruner;
 
 /// A running gateway.
 pub struct Gateway {
     server: Server,
     dispatcher: Dispatcher,
+    plugins: Option<mailhook_plugin_host::PluginHost>,
     store: Arc<dyn Store>,
+    pruner: Pruner,
     tokens: Tokens,
     grace: std::time::Duration,
     _lock: File,
@@ -87,10 +92,31 @@ impl Gateway {
                 tracing::info!(path = %path.display(), "store: embedded SQLite");
                 Arc::new(store)
             }
+            StoreLocation::Postgres(url) => {
+                let options = PostgresOptions {
+                    pool_size_max: config.store.pool_size_max,
+                    connect_timeout: config.store.connect_timeout,
+                    node_id: node_id(&config.data_dir)?,
+                };
+                let node = options.node_id.clone();
+                let store = PostgresStore::open(&url, options)
+                    .await
+                    .context("cannot open the PostgreSQL store (store.url)")?;
+                tracing::info!(node = %node, "store: PostgreSQL, shared with other nodes");
+                Arc::new(store)
+            }
         };
         seed_accounts(&config, store.as_ref()).await?;
 
         let bus = WorkBus::new();
+        // Other nodes' intake, releases and replays wake this node's dispatcher too.
+        store.subscribe_work(bus.clone());
+        let pruner = Pruner::start(
+            store.clone(),
+            config.store.retention,
+            config.store.prune_interval,
+            config.store.prune_batch_max,
+        );
         let settings = Arc::new(SettingsCache::new(
             store.clone(),
             config.delivery.settings_ttl,
@@ -100,6 +126,9 @@ impl Gateway {
             inner: resolver,
             policy: Arc::new(policy.clone()),
         };
+        let metrics = Arc::new(Metrics::new(&config.metrics));
+        let rules = Arc::new(config.engagement.load_rules().map_err(anyhow::Error::msg)?);
+        let plugins = start_plugins(&config, metrics.clone()).await?;
         let dispatcher = Dispatcher::start(
             store.clone(),
             config.delivery.clone(),
@@ -107,6 +136,10 @@ impl Gateway {
             bus.clone(),
             resolver,
             client_tls,
+            metrics.clone(),
+            DispatcherExtras {
+                plugins: plugins.clone(),
+            },
         );
         let limits = &config.limits;
         let api = Arc::new(Api::new(
@@ -121,11 +154,17 @@ impl Gateway {
                 intake_burst_events: limits.intake_burst_events,
                 secret_grace: config.signing.secret_rotation_grace,
                 failures_limit_max: limits.failures_limit_max,
+                test_timeout: config.delivery.test_timeout,
                 address_policy: policy,
+                sink_plugins: config.plugins.sink_names(),
+                metrics_tokens: config.metrics.tokens.clone(),
             },
             store.clone(),
             settings,
             bus,
+            metrics,
+            rules,
+            dispatcher.test_pushes(),
         ));
         let scheme = if listen_tls.is_some() {
             "https"
@@ -144,7 +183,9 @@ impl Gateway {
         Ok(Gateway {
             server,
             dispatcher,
+            plugins,
             store,
+            pruner,
             tokens,
             grace: config.shutdown.grace,
             _lock: lock,
@@ -168,17 +209,88 @@ impl Gateway {
         &self.dispatcher
     }
 
+    /// The plugin host, when plugins are configured.
+    pub fn plugins(&self) -> Option<&mailhook_plugin_host::PluginHost> {
+        self.plugins.as_ref()
+    }
+
     /// Stops taking requests (open ones finish), lets deliveries finish or releases them,
     /// then flushes and closes the store.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new requests");
         self.server.shutdown().await;
         self.dispatcher.shutdown(self.grace).await;
+        self.pruner.shutdown().await;
         if let Err(err) = self.store.close().await {
             tracing::warn!(error = %err, "store did not close cleanly");
         }
         tracing::info!("shut down");
     }
+}
+
+/// Applies pending schema migrations to the configured store and says where it stands
+/// (`mailhook migrate`). PostgreSQL: safe while nodes run (the migration transaction holds an
+/// advisory lock). SQLite: takes the data-dir lock, so it refuses while the gateway runs
+/// (opening the file also frees the leases of a crashed run, which only the owner may do).
+pub async fn migrate(config: &Config) -> anyhow::Result<String> {
+    match config.store_location().map_err(anyhow::Error::msg)? {
+        StoreLocation::Sqlite(path) => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("cannot create data_dir `{}`", config.data_dir.display())
+            })?;
+            let _lock = lock_data_dir(&config.data_dir)?;
+            if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create `{}`", dir.display()))?;
+            }
+            let store = SqliteStore::open(&path, SqliteOptions::default())
+                .with_context(|| format!("cannot open the SQLite store `{}`", path.display()))?;
+            store.close().await?;
+            Ok(format!("SQLite store `{}` is up to date", path.display()))
+        }
+        StoreLocation::Postgres(url) => {
+            let version = mailhook_store::postgres::migrate(&url, config.store.connect_timeout)
+                .await
+                .context("cannot migrate the PostgreSQL store (store.url)")?;
+            Ok(format!("PostgreSQL store is at schema version {version}"))
+        }
+    }
+}
+
+/// This node's name among the nodes sharing a PostgreSQL store: kept in `data_dir/node_id`,
+/// generated on first start. It names the leases this node holds, and at start the node
+/// takes back the leases its name still holds (a crash left them); the data-dir lock makes
+/// sure no other live process has the same name, as long as no two nodes were given copies
+/// of one data_dir.
+fn node_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node_id");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let id = text.trim();
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            bail!(
+                "`{}` holds no usable node id (1 to 64 visible ASCII characters); delete it to generate one",
+                path.display()
+            );
+        }
+        return Ok(id.to_owned());
+    }
+    let mut bytes = [0u8; 9];
+    getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("OS random source failed: {err}"))?;
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(40)
+        .collect();
+    let id = if host.is_empty() {
+        format!("node-{}", URL_SAFE_NO_PAD.encode(bytes))
+    } else {
+        format!("{host}-{}", URL_SAFE_NO_PAD.encode(bytes))
+    };
+    write_private(&path, &id)?;
+    Ok(id)
 }
 
 /// Holds an exclusive lock on the data directory, so two gateways never share one store.
@@ -192,11 +304,11 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("cannot open lock file `{}`", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "data_dir `{}` is in use by another mailhook process (lock file {})",
-            data_dir.display(),
-            path.display()
-        ),
+        Err(std::fs::TryLockError::WouldBlock) => Err(crate::exit::DataDirInUse {
+            data_dir: data_dir.display().to_string(),
+            lock_file: path.display().to_string(),
+        }
+        .into()),
         Err(std::fs::TryLockError::Error(err)) => {
             Err(err).context(format!("cannot lock `{}`", path.display()))
         }
@@ -253,6 +365,26 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The plugin host, when plugins are configured. It compiles every plugin file before the
+/// dispatcher starts (a blocking section: compiling takes a while).
+async fn start_plugins(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Option<mailhook_plugin_host::PluginHost>> {
+    if config.plugins.load.is_empty() {
+        return Ok(None);
+    }
+    let cache_dir = mailhook_plugin_host::config::cache_dir(&config.plugins, &config.data_dir);
+    let plugins = config.plugins.clone();
+    let host = tokio::task::spawn_blocking(move || {
+        mailhook_plugin_host::PluginHost::start(&plugins, Some(&cache_dir), metrics)
+    })
+    .await
+    .context("the plugin host's start panicked")?
+    .context("cannot start the plugin host ([plugins])")?;
+    Ok(Some(host))
+}
+
 /// Saves `[[accounts]]` from the config, each validated like an API save.
 async fn seed_accounts(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
     for (i, seed) in config.accounts.iter().enumerate() {
@@ -260,18 +392,20 @@ async fn seed_accounts(config: &Config, store: &dyn Store) -> anyhow::Result<()>
             AccountId::parse(&seed.id).map_err(|m| anyhow::anyhow!("accounts[{i}].id: {m}"))?;
         let body =
             json!({"enabled": seed.enabled, "addresses": seed.addresses, "events": seed.events});
+        let sinks = config.plugins.sink_names();
         let settings =
-            validate_settings(&body, &config.security.address_policy()).map_err(|details| {
-                let problems: Vec<String> = details
-                    .iter()
-                    .map(|d| format!("accounts[{i}].{}: {}", d.field, d.message))
-                    .collect();
-                anyhow::anyhow!(
-                    "invalid [[accounts]] entry `{}`:\n  {}",
-                    seed.id,
-                    problems.join("\n  ")
-                )
-            })?;
+            validate_settings_with_sinks(&body, &config.security.address_policy(), Some(&sinks))
+                .map_err(|details| {
+                    let problems: Vec<String> = details
+                        .iter()
+                        .map(|d| format!("accounts[{i}].{}: {}", d.field, d.message))
+                        .collect();
+                    anyhow::anyhow!(
+                        "invalid [[accounts]] entry `{}`:\n  {}",
+                        seed.id,
+                        problems.join("\n  ")
+                    )
+                })?;
         let mut bytes = [0u8; SECRET_BYTES];
         getrandom::fill(&mut bytes)
             .map_err(|err| anyhow::anyhow!("OS random source failed: {err}"))?;

@@ -28,6 +28,9 @@ enum Command {
     Serve,
     /// Load and check the config, print it as TOML (tokens hidden), and exit.
     CheckConfig,
+    /// Apply pending schema migrations to the store (`store.url`) and exit. `serve` does
+    /// this too at start; run it alone to upgrade a shared PostgreSQL store before the nodes.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -36,7 +39,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             eprintln!("mailhook: {err}");
-            return ExitCode::from(2);
+            return ExitCode::from(mailhook::exit::CONFIG);
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
@@ -50,6 +53,14 @@ fn main() -> ExitCode {
             {
                 *token = "(hidden)".to_owned();
             }
+            shown.store.url = mailhook::config::redact_password(&shown.store.url);
+            // A plugin's config is opaque to mailhook and may hold secrets (a Slack webhook
+            // URL): its keys are shown, not its values.
+            for plugin in &mut shown.plugins.load {
+                for value in plugin.config.values_mut() {
+                    *value = "(hidden)".into();
+                }
+            }
             match toml::to_string_pretty(&shown) {
                 Ok(text) => {
                     println!("{text}");
@@ -62,6 +73,31 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve => serve(config),
+        Command::Migrate => migrate(config),
+    }
+}
+
+fn migrate(config: Config) -> ExitCode {
+    mailhook::init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("mailhook: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mailhook::migrate(&config)) {
+        Ok(message) => {
+            println!("mailhook: {message}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("mailhook: cannot migrate: {err:#}");
+            ExitCode::from(mailhook::exit::for_start_error(&err))
+        }
     }
 }
 
@@ -83,7 +119,7 @@ fn serve(config: Config) -> ExitCode {
             Err(err) => {
                 tracing::error!("cannot start: {err:#}");
                 eprintln!("mailhook: cannot start: {err:#}");
-                return ExitCode::FAILURE;
+                return ExitCode::from(mailhook::exit::for_start_error(&err));
             }
         };
         wait_for_signal().await;
@@ -91,7 +127,7 @@ fn serve(config: Config) -> ExitCode {
             () = gateway.shutdown() => ExitCode::SUCCESS,
             () = wait_for_signal() => {
                 tracing::warn!("second signal: exiting without finishing; unfinished deliveries resume on the next start");
-                ExitCode::from(130)
+                ExitCode::from(mailhook::exit::INTERRUPTED)
             }
         }
     })

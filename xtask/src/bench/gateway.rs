@@ -39,6 +39,10 @@ pub struct Settings<'a> {
     pub delivery_concurrency: usize,
     /// `delivery.in_flight_per_address_max`; `None` keeps the gateway's default.
     pub in_flight_per_address: Option<usize>,
+    /// `store.url`; `None` keeps the embedded SQLite store in `data_dir`.
+    pub store_url: Option<&'a str>,
+    /// A transform plugin run on every event (`--plugin`).
+    pub plugin: Option<&'a Path>,
 }
 
 /// The running gateway; killed (SIGKILL) if dropped before [`Gateway::stop`].
@@ -155,7 +159,7 @@ fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
     if let Some(in_flight) = settings.in_flight_per_address {
         delivery["in_flight_per_address_max"] = in_flight.into();
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "listen": addr.to_string(),
         "data_dir": settings.data_dir.to_str().context("the temp dir is not UTF-8")?,
         "auth": { "intake_tokens": [INTAKE_TOKEN], "admin_tokens": [ADMIN_TOKEN] },
@@ -169,6 +173,12 @@ fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
             "events": EVENT_TYPES,
         }],
     });
+    if let Some(url) = settings.store_url {
+        config["store"] = serde_json::json!({ "url": url });
+    }
+    if let Some(file) = settings.plugin {
+        config["plugins"] = super::plugin::config(file, settings.data_dir)?;
+    }
     // The toml crate escapes paths and places tables after plain keys, as TOML requires.
     Ok(toml::to_string(&config)?)
 }

@@ -5,7 +5,7 @@ use mailhook_core::{AccountId, WebhookSettings};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{now_ms, rows};
-use crate::{Completion, EventState, InsertOutcome, Job, NewEvent, Result, StoredSettings};
+use crate::{Completion, EventState, InsertOutcome, Job, Lease, NewEvent, Result, StoredSettings};
 
 /// One kind of write. `apply` runs inside a transaction the writer may share with other
 /// requests, so it must not begin or commit one itself.
@@ -46,13 +46,40 @@ impl Op for Insert {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?6)
              ON CONFLICT (account, event_id) DO NOTHING",
         )?;
+        // The single writer makes "no earlier open of this MsgId" exact: nothing else writes
+        // between this look and the insert.
+        let mut seen_before = conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE account = ?1 AND msg_id = ?2 AND type = ?3)",
+        )?;
         let accepted_at_ms = now_ms();
+        let n = self.events.len();
         let mut outcome = InsertOutcome {
             accepted: 0,
             duplicates: 0,
-            event_ids: Vec::with_capacity(self.events.len()),
+            event_ids: Vec::with_capacity(n),
+            stored: Vec::with_capacity(n),
+            unique: Vec::with_capacity(n),
         };
         for NewEvent { event, body } in &self.events {
+            let mut unique = false;
+            let mut unique_body = None;
+            if event.is_engagement() && !event.test {
+                let key = params![
+                    event.account.as_str(),
+                    event.msg_id.as_str(),
+                    event.event_type.as_str()
+                ];
+                unique = !seen_before.query_row(key, |row| row.get::<_, bool>(0))?;
+                if unique {
+                    // Only the first open/click of a MsgId is rendered again; every other
+                    // event keeps the bytes intake rendered.
+                    let mut first = event.clone();
+                    if let Some(engagement) = first.engagement.as_mut() {
+                        engagement.unique = true;
+                    }
+                    unique_body = Some(first.render_payload());
+                }
+            }
             let inserted = insert.execute(params![
                 event.account.as_str(),
                 event.event_id.as_str(),
@@ -61,14 +88,17 @@ impl Op for Insert {
                 event.timestamp_ms,
                 accepted_at_ms,
                 event.test,
-                body,
+                unique_body.as_ref().unwrap_or(body),
             ])?;
-            if inserted == 1 {
+            let stored = inserted == 1;
+            if stored {
                 outcome.accepted += 1;
             } else {
                 outcome.duplicates += 1;
             }
             outcome.event_ids.push(event.event_id.as_str().to_owned());
+            outcome.stored.push(stored);
+            outcome.unique.push(stored && unique);
         }
         Ok(outcome)
     }
@@ -78,6 +108,49 @@ pub(super) struct Claim {
     pub now_ms: i64,
     pub limit: usize,
     pub lease_ms: i64,
+    /// The retry lane's share of `limit` (`lanes::retry_share`).
+    pub retry_share: usize,
+}
+
+/// The two claim lanes, as the SQL that selects each one's due events. Each matches the
+/// predicate of its partial index exactly, so SQLite walks that index in due order.
+const FIRST_ATTEMPTS: &str = "due_at_ms IS NOT NULL AND attempts = 0";
+const RETRIES: &str = "due_at_ms IS NOT NULL AND attempts > 0";
+
+impl Claim {
+    /// Leases up to `limit` due events of one lane, oldest due first.
+    fn lane(
+        &self,
+        conn: &Connection,
+        lane: &str,
+        limit: usize,
+        jobs: &mut Vec<Job>,
+        unreadable: &mut Vec<(i64, crate::Error)>,
+    ) -> Result<()> {
+        if limit == 0 {
+            return Ok(());
+        }
+        let lease_until_ms = self.now_ms.saturating_add(self.lease_ms.max(0));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // A lease is a due time in the future: claimed events are skipped until it passes,
+        // and come back by themselves if the claimant never completes them.
+        let mut claim = conn.prepare_cached(&format!(
+            "UPDATE events SET leased = 1, lease_token = lease_token + 1, due_at_ms = ?1
+             WHERE id IN (SELECT id FROM events
+                          WHERE {lane} AND due_at_ms <= ?2
+                          ORDER BY due_at_ms, id LIMIT ?3)
+             RETURNING id, account, event_id, msg_id, type, test, body, addr_index,
+                 addr_tries, round, attempts, accepted_at_ms, lease_token"
+        ))?;
+        let mut claimed = claim.query(params![lease_until_ms, self.now_ms, limit])?;
+        while let Some(row) = claimed.next()? {
+            match rows::job(row) {
+                Ok(job) => jobs.push(job),
+                Err(err) => unreadable.push((row.get::<_, i64>("id")?, err)),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Op for Claim {
@@ -85,28 +158,36 @@ impl Op for Claim {
     const DURABLE: bool = false;
 
     fn apply(&self, conn: &Connection) -> Result<Vec<Job>> {
-        let lease_until_ms = self.now_ms.saturating_add(self.lease_ms.max(0));
-        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
-        // A lease is a due time in the future: claimed events are skipped until it passes,
-        // and come back by themselves if the claimant never completes them.
-        let mut claim = conn.prepare_cached(
-            "UPDATE events SET leased = 1, due_at_ms = ?1
-             WHERE id IN (SELECT id FROM events
-                          WHERE due_at_ms IS NOT NULL AND due_at_ms <= ?2
-                          ORDER BY due_at_ms, id LIMIT ?3)
-             RETURNING id, account, event_id, msg_id, type, test, body, addr_index,
-                 addr_tries, round, attempts, accepted_at_ms",
-        )?;
-        let mut claimed = claim.query(params![lease_until_ms, self.now_ms, limit])?;
         let mut jobs = Vec::new();
         let mut unreadable = Vec::new();
-        while let Some(row) = claimed.next()? {
-            match rows::job(row) {
-                Ok(job) => jobs.push(job),
-                Err(err) => unreadable.push((row.get::<_, i64>("id")?, err)),
-            }
+        let first_share = self.limit - self.retry_share.min(self.limit);
+        self.lane(
+            conn,
+            FIRST_ATTEMPTS,
+            first_share,
+            &mut jobs,
+            &mut unreadable,
+        )?;
+        // Each lane's unused share goes to the other: retries fill what new events left,
+        // then new events what retries left.
+        let claimed = jobs.len() + unreadable.len();
+        self.lane(
+            conn,
+            RETRIES,
+            self.limit - claimed,
+            &mut jobs,
+            &mut unreadable,
+        )?;
+        let claimed = jobs.len() + unreadable.len();
+        if claimed < self.limit {
+            self.lane(
+                conn,
+                FIRST_ATTEMPTS,
+                self.limit - claimed,
+                &mut jobs,
+                &mut unreadable,
+            )?;
         }
-        drop(claimed);
         // A row that cannot be read would fail every claim and stall all delivery; park it
         // as dead with the reason instead, where the failures list shows it.
         for (id, err) in unreadable {
@@ -117,8 +198,8 @@ impl Op for Claim {
                 params![id, err.to_string()],
             )?;
         }
-        // RETURNING gives no order; the set is the oldest due, and insertion order within
-        // it keeps the events of one email in the order they came.
+        // RETURNING gives no order; the set is the oldest due of each lane, and insertion
+        // order within it keeps the events of one email in the order they came.
         jobs.sort_unstable_by_key(|job| job.id);
         Ok(jobs)
     }
@@ -137,14 +218,16 @@ impl Op for Complete {
     }
 
     fn apply(&self, conn: &Connection) -> Result<()> {
+        // Only the latest claim may write: a dispatcher whose lease ran out (and whose event
+        // another claim took over) must not overwrite the newer outcome.
         let mut update = conn.prepare_cached(
             "UPDATE events SET state = ?2, detail = ?3, delivered_to = ?4, due_at_ms = ?5,
                  addr_index = ?6, addr_tries = ?7, round = ?8, attempts = attempts + ?9,
-                 leased = 0
-             WHERE id = ?1",
+                 leased = 0, settled_at_ms = ?11
+             WHERE id = ?1 AND lease_token = ?10",
         )?;
-        // A number already stored means two dispatchers ran the same step (a lease ran out
-        // mid-attempt); the later report wins, like the event's own columns.
+        // The lease token makes a second report of the same number unlikely; should one come
+        // (a store restored from a backup), the later report wins, like the event's columns.
         let mut record = conn.prepare_cached(
             "INSERT INTO attempts (event, number, role, url, status, error, duration_ms, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -152,6 +235,7 @@ impl Op for Complete {
                  url = excluded.url, status = excluded.status, error = excluded.error,
                  duration_ms = excluded.duration_ms, at_ms = excluded.at_ms",
         )?;
+        let now = now_ms();
         for c in &self.completions {
             let updated = update.execute(params![
                 c.id,
@@ -163,11 +247,15 @@ impl Op for Complete {
                 c.pos.tries,
                 c.pos.round,
                 c.attempts.len(),
+                c.lease_token,
+                c.state.is_settled().then_some(now),
             ])?;
             if updated == 0 {
                 tracing::warn!(
                     id = c.id,
-                    "completion for an event that is not stored; ignored"
+                    lease_token = c.lease_token,
+                    attempts = c.attempts.len(),
+                    "completion of a claim that is no longer the latest (its lease ran out) or of an event not stored; ignored"
                 );
                 continue;
             }
@@ -189,7 +277,7 @@ impl Op for Complete {
 }
 
 pub(super) struct Release {
-    pub ids: Vec<i64>,
+    pub leases: Vec<Lease>,
 }
 
 impl Op for Release {
@@ -197,19 +285,46 @@ impl Op for Release {
     const DURABLE: bool = false;
 
     fn weight(&self) -> usize {
-        self.ids.len()
+        self.leases.len()
     }
 
     fn apply(&self, conn: &Connection) -> Result<()> {
-        // Only a leased event has a lease to end: releasing one already completed (and at
-        // rest) must not make it due and deliver it again.
+        // Only a leased event has a lease to end, and only its latest claim may end it:
+        // releasing one already completed (and at rest), or claimed again since, must not
+        // make it due and deliver it again.
         let mut release = conn.prepare_cached(
-            "UPDATE events SET leased = 0, due_at_ms = 0 WHERE id = ?1 AND leased = 1",
+            "UPDATE events SET leased = 0, due_at_ms = 0
+             WHERE id = ?1 AND lease_token = ?2 AND leased = 1",
         )?;
-        for id in &self.ids {
-            release.execute([id])?;
+        for lease in &self.leases {
+            release.execute(params![lease.id, lease.token])?;
         }
         Ok(())
+    }
+}
+
+pub(super) struct Prune {
+    pub settled_before_ms: i64,
+    pub batch_max: usize,
+}
+
+impl Op for Prune {
+    type Output = usize;
+    const DURABLE: bool = false;
+
+    fn weight(&self) -> usize {
+        self.batch_max
+    }
+
+    fn apply(&self, conn: &Connection) -> Result<usize> {
+        // Attempts go with their event (ON DELETE CASCADE; the writer has foreign keys on).
+        let mut prune = conn.prepare_cached(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events
+                 WHERE settled_at_ms IS NOT NULL AND settled_at_ms < ?1
+                 ORDER BY settled_at_ms LIMIT ?2)",
+        )?;
+        let limit = i64::try_from(self.batch_max).unwrap_or(i64::MAX);
+        Ok(prune.execute(params![self.settled_before_ms, limit])?)
     }
 }
 
@@ -299,8 +414,11 @@ impl Op for Replay {
     }
 
     fn apply(&self, conn: &Connection) -> Result<Vec<String>> {
+        // A new lease token: a dispatcher still working on a recovery round of a listed
+        // event cannot overwrite the replay with its late completion.
         const REQUEUE: &str = "UPDATE events SET state = 'pending', due_at_ms = ?2,
-                 addr_index = 0, addr_tries = 0, round = 0, detail = NULL, leased = 0
+                 addr_index = 0, addr_tries = 0, round = 0, detail = NULL, leased = 0,
+                 lease_token = lease_token + 1
              WHERE account = ?1 AND state IN ('failed', 'dead')";
         debug_assert_eq!(EventState::Failed.as_str(), "failed");
         debug_assert_eq!(EventState::Dead.as_str(), "dead");

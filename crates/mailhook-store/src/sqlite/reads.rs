@@ -1,10 +1,12 @@
 //! The queries run on the read-only connections, off the writer thread.
 
+use std::collections::HashMap;
+
 use mailhook_core::AccountId;
 use rusqlite::{Connection, params};
 
 use super::rows::{self, ATTEMPT_COLUMNS, EVENT_RECORD_COLUMNS, SETTINGS_COLUMNS};
-use crate::{EventRecord, Result, StoredSettings};
+use crate::{Error, EventRecord, EventState, QueueStats, Result, Stats, StoredSettings};
 
 pub(super) fn ping(conn: &mut Connection) -> Result<()> {
     conn.query_row("SELECT 1", [], |_| Ok(()))?;
@@ -12,12 +14,48 @@ pub(super) fn ping(conn: &mut Connection) -> Result<()> {
 }
 
 pub(super) fn next_due_at(conn: &mut Connection) -> Result<Option<i64>> {
+    // One MIN per lane, each answered from its partial index.
     let due: Option<i64> = conn.query_row(
-        "SELECT MIN(due_at_ms) FROM events WHERE due_at_ms IS NOT NULL",
+        "SELECT MIN(due) FROM (
+             SELECT MIN(due_at_ms) AS due FROM events
+                 WHERE due_at_ms IS NOT NULL AND attempts = 0
+             UNION ALL
+             SELECT MIN(due_at_ms) FROM events WHERE due_at_ms IS NOT NULL AND attempts > 0)",
         [],
         |row| row.get(0),
     )?;
     Ok(due)
+}
+
+pub(super) fn queue_stats(conn: &mut Connection) -> Result<QueueStats> {
+    let (depth, oldest): (i64, Option<i64>) = conn.query_row(
+        "SELECT COUNT(*), MIN(accepted_at_ms) FROM events WHERE due_at_ms IS NOT NULL",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(QueueStats {
+        depth: depth.max(0) as u64,
+        oldest_accepted_at_ms: oldest,
+    })
+}
+
+pub(super) fn delivery_times(
+    conn: &mut Connection,
+    account: &AccountId,
+    msg_ids: &[String],
+) -> Result<HashMap<String, i64>> {
+    let mut first_delivery = conn.prepare_cached(
+        "SELECT MIN(timestamp_ms) FROM events WHERE account = ?1 AND msg_id = ?2 AND type = 'delivery'",
+    )?;
+    let mut times = HashMap::new();
+    for msg_id in msg_ids {
+        let at: Option<i64> =
+            first_delivery.query_row(params![account.as_str(), msg_id], |row| row.get(0))?;
+        if let Some(at) = at {
+            times.insert(msg_id.clone(), at);
+        }
+    }
+    Ok(times)
 }
 
 pub(super) fn settings(
@@ -66,6 +104,48 @@ pub(super) fn failures(
     );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     records(conn, &sql, params![account.as_str(), limit])
+}
+
+/// Counts by type, test flag and state, answered from the `events_by_state` index alone.
+pub(super) fn stats(conn: &mut Connection, account: Option<&AccountId>) -> Result<Stats> {
+    let sql = match account {
+        Some(_) => {
+            "SELECT type, test, state, COUNT(*) AS n FROM events WHERE account = ?1
+             GROUP BY type, test, state"
+        }
+        None => "SELECT type, test, state, COUNT(*) AS n FROM events GROUP BY type, test, state",
+    };
+    let mut select = conn.prepare_cached(sql)?;
+    let mut counted = match account {
+        Some(account) => select.query([account.as_str()])?,
+        None => select.query([])?,
+    };
+    let mut stats = Stats::default();
+    // Every type is listed, counted or not.
+    stats.add(
+        mailhook_core::EventType::Send,
+        false,
+        EventState::Pending,
+        0,
+    );
+    while let Some(row) = counted.next()? {
+        let type_text: String = rows::get(row, "type")?;
+        let state_text: String = rows::get(row, "state")?;
+        let test: bool = rows::get(row, "test")?;
+        let count: i64 = rows::get(row, "n")?;
+        let event_type = mailhook_core::EventType::parse(&type_text).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "column `type` holds `{type_text}`, expected an event type"
+            ))
+        })?;
+        let state = EventState::parse(&state_text).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "column `state` holds `{state_text}`, expected an event state"
+            ))
+        })?;
+        stats.add(event_type, test, state, u64::try_from(count).unwrap_or(0));
+    }
+    Ok(stats)
 }
 
 /// Events and their attempts, read in one transaction so they agree with each other.

@@ -92,6 +92,7 @@ pub(super) fn job(row: &Row<'_>) -> Result<Job> {
         },
         attempts: get(row, "attempts")?,
         accepted_at_ms: get(row, "accepted_at_ms")?,
+        lease_token: get(row, "lease_token")?,
     })
 }
 

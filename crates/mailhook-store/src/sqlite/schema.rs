@@ -15,7 +15,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Tables are STRICT so a value of the wrong type is refused on write rather than found on
 /// read.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
     account TEXT NOT NULL,
@@ -63,7 +64,26 @@ CREATE TABLE settings (
     previous_until_ms INTEGER,
     updated_at_ms INTEGER NOT NULL
 ) STRICT;
-"];
+",
+    // 2: lease tokens (a late completion from an expired claim is ignored), the time an
+    // event came to rest (retention prunes by it), and one due index per claim lane.
+    r"
+ALTER TABLE events ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN settled_at_ms INTEGER;
+UPDATE events SET settled_at_ms = accepted_at_ms WHERE state IN ('delivered', 'skipped');
+DROP INDEX events_due;
+CREATE INDEX events_due_first ON events (due_at_ms, id)
+    WHERE due_at_ms IS NOT NULL AND attempts = 0;
+CREATE INDEX events_due_retry ON events (due_at_ms, id)
+    WHERE due_at_ms IS NOT NULL AND attempts > 0;
+CREATE INDEX events_settled ON events (settled_at_ms) WHERE settled_at_ms IS NOT NULL;
+",
+    // 3: the console's overview counts events by type and state (`Store::stats`); this
+    // covering index makes that an index-only scan instead of a read of every stored body.
+    r"
+CREATE INDEX events_by_state ON events (account, type, test, state);
+",
+];
 
 /// Opens the writer connection: WAL, foreign keys, migrations applied, and leases a crash
 /// left behind ended.

@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::ops::{self, Op};
 use super::writer::{Msg, Request, Writer};
 use super::{SqliteOptions, SqliteStore, now_ms, schema};
-use crate::{AttemptRecord, Completion, Error, EventState, NewEvent, Result, Store, new_event};
+use crate::{
+    AttemptRecord, Completion, Error, EventState, Lease, NewEvent, Result, Store, new_event,
+};
 
 /// Well after every insert of a test: claims at this time see every event as due.
 fn later() -> i64 {
@@ -40,6 +42,7 @@ fn event(account_name: &str, event_id: &str, msg_id: &str, timestamp_ms: i64) ->
         test: false,
         email: serde_json::Map::new(),
         status: serde_json::Map::new(),
+        engagement: None,
     })
 }
 
@@ -56,9 +59,10 @@ fn attempt(number: u32, role: Role, status: Option<u16>, at_ms: i64) -> AttemptR
 }
 
 /// A completion that puts an event at rest in `state`.
-fn at_rest(id: i64, state: EventState, detail: Option<&str>) -> Completion {
+fn at_rest(lease: Lease, state: EventState, detail: Option<&str>) -> Completion {
     Completion {
-        id,
+        id: lease.id,
+        lease_token: lease.token,
         state,
         pos: ChainPos::default(),
         due_at_ms: None,
@@ -79,10 +83,13 @@ fn settings(enabled: bool, addresses: &[&str], events: &[EventType]) -> WebhookS
     }
 }
 
-/// Claims everything due and returns `event_id -> store id`.
-async fn claim_ids(store: &SqliteStore) -> Vec<(String, i64)> {
+/// Claims everything due and returns `event_id -> lease`.
+async fn claim_ids(store: &SqliteStore) -> Vec<(String, Lease)> {
     let jobs = store.claim_due(later(), 100, 1000).await.unwrap();
-    jobs.into_iter().map(|j| (j.event_id, j.id)).collect()
+    jobs.into_iter()
+        .map(|j| (j.lease(), j.event_id))
+        .map(|(l, e)| (e, l))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,7 +198,6 @@ async fn complete_writes_state_and_attempts_and_message_shows_them_in_order() {
     store
         .complete(vec![
             Completion {
-                id: id("delivered"),
                 state: EventState::Delivered,
                 pos: ChainPos {
                     address: 1,
@@ -206,16 +212,17 @@ async fn complete_writes_state_and_attempts_and_message_shows_them_in_order() {
                 ],
                 detail: None,
                 delivered_to: Some(Role::Backup1),
+                ..at_rest(id("delivered"), EventState::Delivered, None)
             },
             at_rest(id("sent"), EventState::Skipped, Some("push is disabled")),
             Completion {
-                id: id("retrying"),
                 state: EventState::Pending,
                 pos: retry_pos,
                 due_at_ms: Some(retry_at),
                 attempts: vec![attempt(1, Role::Primary, Some(500), 30)],
                 detail: Some("status 500".to_owned()),
                 delivered_to: None,
+                ..at_rest(id("retrying"), EventState::Pending, None)
             },
         ])
         .await
@@ -328,7 +335,7 @@ async fn release_makes_a_claimed_event_due_at_once_and_leaves_others_alone() {
 
     // Releasing every id: the completed one has no lease and must not become due.
     store
-        .release(claimed.iter().map(|(_, id)| *id).collect())
+        .release(claimed.iter().map(|(_, lease)| *lease).collect())
         .await
         .unwrap();
     assert_eq!(store.next_due_at().await.unwrap(), Some(0));
@@ -493,7 +500,7 @@ async fn replay_requeues_only_failed_and_dead_events() {
 
     // Listed ids: only those failed or dead are queued, each once.
     store
-        .release(jobs.iter().map(|j| j.id).collect())
+        .release(jobs.iter().map(|j| j.lease()).collect())
         .await
         .unwrap();
     fail_all(&store).await;
@@ -632,7 +639,7 @@ async fn a_failing_request_fails_alone_when_its_group_is_retried_one_by_one() {
             ops::Complete {
                 completions: vec![Completion {
                     attempts: vec![too_long],
-                    ..at_rest(1, EventState::Delivered, None)
+                    ..at_rest(Lease { id: 1, token: 0 }, EventState::Delivered, None)
                 }],
             },
         );
@@ -780,10 +787,14 @@ async fn close_runs_queued_writes_and_every_call_after_it_is_closed() {
             .err(),
         store.claim_due(0, 10, 1000).await.err(),
         store
-            .complete(vec![at_rest(1, EventState::Delivered, None)])
+            .complete(vec![at_rest(
+                Lease { id: 1, token: 1 },
+                EventState::Delivered,
+                None,
+            )])
             .await
             .err(),
-        store.release(vec![1]).await.err(),
+        store.release(vec![Lease { id: 1, token: 1 }]).await.err(),
         store.next_due_at().await.err(),
         store.get_settings(&acct).await.err(),
         store
@@ -818,4 +829,246 @@ async fn close_runs_queued_writes_and_every_call_after_it_is_closed() {
             "{id} was acknowledged but is not stored"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_count_events_by_type_and_state_with_test_pushes_apart() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let of_type = |account_name: &str, id: &str, event_type: EventType, test: bool| {
+        let mut e = event(account_name, id, "m1", 1).event;
+        e.event_type = event_type;
+        e.test = test;
+        new_event(e)
+    };
+    store
+        .insert_events(vec![
+            of_type("acme", "d1", EventType::Delivery, false),
+            of_type("acme", "d2", EventType::Delivery, false),
+            of_type("acme", "b1", EventType::Bounce, false),
+            of_type("acme", "t1", EventType::Click, true),
+            of_type("other", "o1", EventType::Open, false),
+        ])
+        .await
+        .unwrap();
+    let leases = claim_ids(&store).await;
+    let lease = |id: &str| leases.iter().find(|(e, _)| e == id).unwrap().1;
+    store
+        .complete(vec![
+            at_rest(lease("d1"), EventState::Delivered, None),
+            at_rest(lease("b1"), EventState::Skipped, Some("not subscribed")),
+            at_rest(lease("t1"), EventState::Dead, Some("refused")),
+        ])
+        .await
+        .unwrap();
+
+    let acme = store.stats(Some(&account("acme"))).await.unwrap();
+    let types: Vec<EventType> = acme.by_type.iter().map(|(t, _)| *t).collect();
+    assert_eq!(types, EventType::ALL, "every type listed, in order");
+    let of =
+        |stats: &crate::Stats, t: EventType| stats.by_type.iter().find(|(x, _)| *x == t).unwrap().1;
+    let delivery = of(&acme, EventType::Delivery);
+    assert_eq!(
+        (delivery.total(), delivery.delivered, delivery.pending),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        (
+            of(&acme, EventType::Bounce).skipped,
+            of(&acme, EventType::Click).total()
+        ),
+        (1, 0)
+    );
+    assert_eq!(
+        (acme.tests.total(), acme.tests.dead),
+        (1, 1),
+        "test pushes apart"
+    );
+    assert_eq!(
+        of(&acme, EventType::Open).total(),
+        0,
+        "other accounts left out"
+    );
+
+    let all = store.stats(None).await.unwrap();
+    assert_eq!(of(&all, EventType::Open).pending, 1);
+    let received: u64 = all.by_type.iter().map(|(_, c)| c.total()).sum();
+    assert_eq!(received, 4);
+
+    let nobody = store.stats(Some(&account("nobody"))).await.unwrap();
+    assert_eq!(nobody.by_type.len(), 6);
+    assert!(nobody.by_type.iter().all(|(_, c)| c.total() == 0));
+}
+
+fn open_event(event_id: &str, msg_id: &str) -> NewEvent {
+    let mut event = event("acme", event_id, msg_id, 1).event;
+    event.event_type = EventType::Open;
+    event.engagement = Some(mailhook_core::event::Engagement::detected(None));
+    new_event(event)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_open_of_a_msg_id_is_unique_exactly_and_its_payload_says_so() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    // Two opens of m1 in one batch, one of m2, then m1 again and a duplicate in a later request.
+    let first = store
+        .insert_events(vec![
+            open_event("o1", "m1"),
+            open_event("o2", "m1"),
+            open_event("o3", "m2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(first.unique, vec![true, false, true]);
+    assert_eq!(first.stored, vec![true, true, true]);
+    let again = store
+        .insert_events(vec![open_event("o4", "m1"), open_event("o1", "m1")])
+        .await
+        .unwrap();
+    assert_eq!(again.unique, vec![false, false]);
+    assert_eq!(again.stored, vec![true, false]);
+    // A delivery of m3 does not make a later open of m3 less unique.
+    store
+        .insert_events(vec![event("acme", "d3", "m3", 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .insert_events(vec![open_event("o5", "m3")])
+            .await
+            .unwrap()
+            .unique,
+        vec![true]
+    );
+
+    let jobs = store.claim_due(later(), 100, 1000).await.unwrap();
+    let body_of = |id: &str| -> serde_json::Value {
+        let job = jobs.iter().find(|j| j.event_id == id).unwrap();
+        serde_json::from_slice(&job.body).unwrap()
+    };
+    assert_eq!(body_of("o1")["engagement"]["unique"], true);
+    assert_eq!(body_of("o2")["engagement"]["unique"], false);
+    assert_eq!(body_of("o3")["engagement"]["unique"], true);
+    assert_eq!(body_of("o4")["engagement"]["unique"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_completion_or_release_of_a_claim_that_is_no_longer_the_latest_is_ignored() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .insert_events(vec![event("default", "e", "m", 1)])
+        .await
+        .unwrap();
+    // Claimed with a 1 ms lease that runs out; a second claim takes the event over.
+    let now = later();
+    let first = store.claim_due(now, 10, 1).await.unwrap();
+    let second = store.claim_due(now + 1, 10, 60_000).await.unwrap();
+    assert_eq!((first.len(), second.len()), (1, 1));
+    assert!(second[0].lease_token > first[0].lease_token);
+    store
+        .complete(vec![Completion {
+            attempts: vec![attempt(1, Role::Primary, Some(200), 5)],
+            delivered_to: Some(Role::Primary),
+            ..at_rest(second[0].lease(), EventState::Delivered, None)
+        }])
+        .await
+        .unwrap();
+    // The first claimant reports late (a failure, a retry due) and releases: both ignored.
+    store
+        .complete(vec![Completion {
+            attempts: vec![attempt(1, Role::Primary, Some(503), 6)],
+            due_at_ms: Some(now + 5),
+            ..at_rest(first[0].lease(), EventState::Pending, Some("status 503"))
+        }])
+        .await
+        .unwrap();
+    store.release(vec![first[0].lease()]).await.unwrap();
+    let e = store
+        .event(&account("default"), "e")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.state, e.due_at_ms), (EventState::Delivered, None));
+    assert_eq!(e.attempts, [attempt(1, Role::Primary, Some(200), 5)]);
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_of_retries_does_not_delay_first_attempts() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let old: Vec<_> = (0..20)
+        .map(|i| event("default", &format!("old{i}"), "m", i))
+        .collect();
+    store.insert_events(old).await.unwrap();
+    let claimed = store.claim_due(later(), 100, 1000).await.unwrap();
+    let completions = claimed
+        .iter()
+        .map(|job| Completion {
+            due_at_ms: Some(1),
+            attempts: vec![attempt(1, Role::Primary, Some(500), 1)],
+            ..at_rest(job.lease(), EventState::Pending, Some("status 500"))
+        })
+        .collect();
+    store.complete(completions).await.unwrap();
+    let new: Vec<_> = (0..20)
+        .map(|i| event("default", &format!("new{i}"), "m", i))
+        .collect();
+    store.insert_events(new).await.unwrap();
+    // Retries due long ago do not fill the batch: 6 new events and 2 retries of 8.
+    let jobs = store.claim_due(later(), 8, 60_000).await.unwrap();
+    let fresh = jobs.iter().filter(|j| j.attempts == 0).count();
+    assert_eq!((fresh, jobs.len() - fresh), (6, 2));
+    // A lane with less due work than its share leaves the rest to the other.
+    let jobs = store.claim_due(later(), 100, 60_000).await.unwrap();
+    let fresh = jobs.iter().filter(|j| j.attempts == 0).count();
+    assert_eq!((fresh, jobs.len() - fresh), (14, 18));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_deletes_old_delivered_and_skipped_events_with_their_attempts_in_batches() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let names = ["d1", "d2", "d3", "s4", "f5", "p6"];
+    store
+        .insert_events(names.iter().map(|n| event("default", n, "m", 1)).collect())
+        .await
+        .unwrap();
+    let claimed = claim_ids(&store).await;
+    let completions = claimed
+        .iter()
+        .filter(|(name, _)| name != "p6")
+        .map(|(name, lease)| {
+            let state = match &name[..1] {
+                "d" => EventState::Delivered,
+                "s" => EventState::Skipped,
+                _ => EventState::Failed,
+            };
+            Completion {
+                attempts: vec![attempt(1, Role::Primary, Some(200), 1)],
+                ..at_rest(*lease, state, None)
+            }
+        })
+        .collect();
+    store.complete(completions).await.unwrap();
+    assert_eq!(store.prune(now_ms() - 60_000, 10).await.unwrap(), 0);
+    let cutoff = now_ms() + 1;
+    for (batch_max, deleted) in [(3, 3), (3, 1), (3, 0)] {
+        assert_eq!(store.prune(cutoff, batch_max).await.unwrap(), deleted);
+    }
+    let left: Vec<_> = store
+        .message(&account("default"), "m")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(left, ["f5", "p6"]);
+    let raw = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
+    let attempts: i64 = raw
+        .query_row("SELECT count(*) FROM attempts", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(attempts, 1, "the pruned events' attempts went with them");
 }

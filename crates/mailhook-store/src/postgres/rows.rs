@@ -1,0 +1,205 @@
+//! Reading PostgreSQL rows back into the store's types. Nothing read is trusted: a value that
+//! does not fit becomes `Error::Corrupt` naming the column and the value, never a panic.
+
+use std::sync::Arc;
+
+use mailhook_core::chain::ChainPos;
+use mailhook_core::event::truncate;
+use mailhook_core::settings::Role;
+use mailhook_core::signature::Secret;
+use mailhook_core::time::TIMESTAMP_MS_MAX;
+use mailhook_core::{EventType, WebhookSettings, WebhookUrl};
+use tokio_postgres::Row;
+use tokio_postgres::types::FromSql;
+
+use crate::{AttemptRecord, Error, EventRecord, EventState, Job, Result, StoredSettings};
+
+/// Reads a column, turning a value of the wrong type into `Corrupt`.
+pub(super) fn get<'a, T: FromSql<'a>>(row: &'a Row, column: &str) -> Result<T> {
+    row.try_get(column)
+        .map_err(|err| Error::Corrupt(format!("column `{column}`: {err}")))
+}
+
+fn corrupt(column: &str, value: &str, expected: &str) -> Error {
+    Error::Corrupt(format!(
+        "column `{column}` holds `{}`, expected {expected}",
+        truncate(value, 64)
+    ))
+}
+
+/// An `INTEGER` column that must hold a count (0 or more).
+fn count<T: TryFrom<i32>>(row: &Row, column: &str) -> Result<T> {
+    let value: i32 = get(row, column)?;
+    T::try_from(value).map_err(|_| corrupt(column, &value.to_string(), "a count (0 or more)"))
+}
+
+fn event_type(row: &Row) -> Result<EventType> {
+    let text: String = get(row, "type")?;
+    EventType::parse(&text).ok_or_else(|| corrupt("type", &text, "an event type"))
+}
+
+fn state(row: &Row) -> Result<EventState> {
+    let text: String = get(row, "state")?;
+    EventState::parse(&text).ok_or_else(|| corrupt("state", &text, "an event state"))
+}
+
+/// The `type`, `test` and `state` columns of a count by state.
+pub(super) fn type_test_state(row: &Row) -> Result<(EventType, bool, EventState)> {
+    Ok((event_type(row)?, get(row, "test")?, state(row)?))
+}
+
+fn role(column: &str, text: &str) -> Result<Role> {
+    Role::parse(text).ok_or_else(|| corrupt(column, text, "primary, backup-1 or backup-2"))
+}
+
+fn timestamp(row: &Row, column: &str) -> Result<i64> {
+    let ms: i64 = get(row, column)?;
+    if (0..=TIMESTAMP_MS_MAX).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(corrupt(
+            column,
+            &ms.to_string(),
+            "Unix milliseconds between 1970 and 9999",
+        ))
+    }
+}
+
+/// The columns `job` reads (a claim's RETURNING list, each prefixed with `e.`).
+pub(super) const JOB_COLUMNS: &str = "e.id, e.account, e.event_id, e.msg_id, e.type, e.test, \
+     e.body, e.addr_index, e.addr_tries, e.round, e.attempts, e.accepted_at_ms, e.lease_token";
+
+/// A claimed event, from the claim's RETURNING row.
+pub(super) fn job(row: &Row) -> Result<Job> {
+    let body: Vec<u8> = get(row, "body")?;
+    Ok(Job {
+        id: get(row, "id")?,
+        account: get(row, "account")?,
+        event_id: get(row, "event_id")?,
+        msg_id: get(row, "msg_id")?,
+        event_type: event_type(row)?,
+        test: get(row, "test")?,
+        body: Arc::from(body),
+        pos: ChainPos {
+            address: count(row, "addr_index")?,
+            tries: count(row, "addr_tries")?,
+            round: count(row, "round")?,
+        },
+        attempts: count(row, "attempts")?,
+        accepted_at_ms: get(row, "accepted_at_ms")?,
+        lease_token: get(row, "lease_token")?,
+    })
+}
+
+/// The columns `event_record` reads, plus `id` to find its attempts.
+pub(super) const EVENT_RECORD_COLUMNS: &str = "id, event_id, account, msg_id, type, \
+     timestamp_ms, accepted_at_ms, test, state, detail, delivered_to, due_at_ms, round";
+
+/// An event as the admin API shows it, without its attempts (the caller adds them).
+pub(super) fn event_record(row: &Row) -> Result<EventRecord> {
+    let delivered_to: Option<String> = get(row, "delivered_to")?;
+    Ok(EventRecord {
+        event_id: get(row, "event_id")?,
+        account: get(row, "account")?,
+        msg_id: get(row, "msg_id")?,
+        event_type: event_type(row)?,
+        timestamp_ms: timestamp(row, "timestamp_ms")?,
+        accepted_at_ms: get(row, "accepted_at_ms")?,
+        test: get(row, "test")?,
+        state: state(row)?,
+        detail: get(row, "detail")?,
+        delivered_to: delivered_to
+            .map(|text| role("delivered_to", &text))
+            .transpose()?,
+        due_at_ms: get(row, "due_at_ms")?,
+        round: count(row, "round")?,
+        attempts: Vec::new(),
+    })
+}
+
+/// The columns `attempt_record` reads, plus `event` to give it to its event.
+pub(super) const ATTEMPT_COLUMNS: &str =
+    "event, number, role, url, status, error, duration_ms, at_ms";
+
+pub(super) fn attempt_record(row: &Row) -> Result<AttemptRecord> {
+    let role_text: String = get(row, "role")?;
+    let status: Option<i32> = get(row, "status")?;
+    let status = status
+        .map(|code| {
+            u16::try_from(code).map_err(|_| corrupt("status", &code.to_string(), "an HTTP status"))
+        })
+        .transpose()?;
+    let duration_ms: i64 = get(row, "duration_ms")?;
+    Ok(AttemptRecord {
+        number: count(row, "number")?,
+        role: role("role", &role_text)?,
+        url: get(row, "url")?,
+        status,
+        error: get(row, "error")?,
+        duration_ms: u64::try_from(duration_ms).map_err(|_| {
+            corrupt(
+                "duration_ms",
+                &duration_ms.to_string(),
+                "a duration (0 or more)",
+            )
+        })?,
+        at_ms: get(row, "at_ms")?,
+    })
+}
+
+/// The columns `stored_settings` reads.
+pub(super) const SETTINGS_COLUMNS: &str =
+    "enabled, addresses, events, secret, previous_secret, previous_until_ms, updated_at_ms";
+
+pub(super) fn stored_settings(row: &Row) -> Result<StoredSettings> {
+    let addresses: Vec<String> = get(row, "addresses")?;
+    let addresses = addresses
+        .iter()
+        .map(|text| {
+            WebhookUrl::parse(text).map_err(|err| {
+                Error::Corrupt(format!(
+                    "column `addresses` holds `{}`: {err}",
+                    truncate(text, 64)
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let events: Vec<String> = get(row, "events")?;
+    let events = events
+        .iter()
+        .map(|text| EventType::parse(text).ok_or_else(|| corrupt("events", text, "an event type")))
+        .collect::<Result<Vec<_>>>()?;
+    let previous_secret: Option<String> = get(row, "previous_secret")?;
+    let previous_until_ms: Option<i64> = get(row, "previous_until_ms")?;
+    let previous_secret = match (previous_secret, previous_until_ms) {
+        (Some(text), Some(until_ms)) => Some((secret("previous_secret", &text)?, until_ms)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Error::Corrupt(
+                "column `previous_until_ms` is NULL while `previous_secret` is set".to_owned(),
+            ));
+        }
+        (None, Some(until_ms)) => {
+            return Err(Error::Corrupt(format!(
+                "column `previous_until_ms` holds {until_ms} while `previous_secret` is NULL"
+            )));
+        }
+    };
+    let secret_text: String = get(row, "secret")?;
+    Ok(StoredSettings {
+        settings: WebhookSettings {
+            enabled: get(row, "enabled")?,
+            addresses,
+            events,
+        },
+        secret: secret("secret", &secret_text)?,
+        previous_secret,
+        updated_at_ms: get(row, "updated_at_ms")?,
+    })
+}
+
+/// Parses a stored secret. The message never quotes the value: secrets stay out of logs.
+fn secret(column: &str, text: &str) -> Result<Secret> {
+    Secret::parse(text)
+        .map_err(|err| Error::Corrupt(format!("column `{column}` holds an invalid secret: {err}")))
+}

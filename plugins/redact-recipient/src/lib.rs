@@ -1,0 +1,204 @@
+//! mailhook transform: masks, hashes or removes recipient addresses and IP addresses, for
+//! receivers that must not see personal data. Which fields, and how, is its config (see
+//! the README).
+
+use mailhook_plugin_sdk::{Event, Outcome, Value};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The plugin's config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    /// `mask` (default: `a***@example.com`, `198.51.100.0`), `hash` (`sha256:<hex>` of
+    /// salt + value) or `remove` (the field is deleted).
+    mode: String,
+    /// JSON pointers (RFC 6901) of the fields to redact; strings and arrays of strings.
+    fields: Vec<String>,
+    /// Prepended to each value before hashing, so hashes cannot be looked up in a table.
+    salt: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            mode: "mask".to_owned(),
+            fields: vec!["/email/to".to_owned(), "/status/ip".to_owned()],
+            salt: String::new(),
+        }
+    }
+}
+
+fn transform(mut event: Event) -> Result<Outcome, String> {
+    let config: Config = mailhook_plugin_sdk::config()?;
+    redact(&mut event.payload, &config)?;
+    Ok(Outcome::Payload(event.payload))
+}
+
+mailhook_plugin_sdk::export_transform!(transform);
+
+fn redact(payload: &mut Value, config: &Config) -> Result<(), String> {
+    for pointer in &config.fields {
+        if !pointer.starts_with('/') {
+            return Err(format!(
+                "field `{pointer}` is not a JSON pointer (like /email/to)"
+            ));
+        }
+        match config.mode.as_str() {
+            "remove" => remove(payload, pointer),
+            "mask" | "hash" => {
+                if let Some(value) = payload.pointer_mut(pointer) {
+                    redact_value(value, config);
+                }
+            }
+            other => return Err(format!("mode `{other}` is not one of mask, hash, remove")),
+        }
+    }
+    Ok(())
+}
+
+fn redact_value(value: &mut Value, config: &Config) {
+    match value {
+        Value::String(text) => *text = redact_text(text, config),
+        Value::Array(items) => items.iter_mut().for_each(|item| redact_value(item, config)),
+        // Numbers, objects and nulls are left alone: only text holds addresses.
+        _ => {}
+    }
+}
+
+fn redact_text(text: &str, config: &Config) -> String {
+    if config.mode == "hash" {
+        // The bare address, lower case: one recipient hashes the same however it is written.
+        let digest = Sha256::digest(format!("{}{}", config.salt, bare(text).to_lowercase()));
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        return format!("sha256:{hex}");
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return mask_ip(ip);
+    }
+    mask_address(text)
+}
+
+/// The address without a display name: `Ana <ana@x>` -> `ana@x`.
+fn bare(text: &str) -> &str {
+    match (text.rfind('<'), text.rfind('>')) {
+        (Some(start), Some(end)) if start < end => &text[start + 1..end],
+        _ => text.trim(),
+    }
+}
+
+/// `ana@example.com` -> `a***@example.com`; a display name goes: `Ana <ana@x>` -> `a***@x`.
+fn mask_address(text: &str) -> String {
+    match bare(text).rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".to_owned(),
+    }
+}
+
+/// An IPv4 address keeps its /24, an IPv6 address its /48.
+fn mask_ip(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0")
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::", s[0], s[1], s[2])
+        }
+    }
+}
+
+fn remove(payload: &mut Value, pointer: &str) {
+    let (parent, key) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+    let key = key.replace("~1", "/").replace("~0", "~");
+    let parent = if parent.is_empty() {
+        Some(payload)
+    } else {
+        payload.pointer_mut(parent)
+    };
+    match parent {
+        Some(Value::Object(map)) => {
+            map.shift_remove(&key);
+        }
+        Some(Value::Array(items)) => {
+            if let Ok(i) = key.parse::<usize>()
+                && i < items.len()
+            {
+                items.remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mailhook_plugin_sdk::{json, testing};
+
+    use super::*;
+
+    fn run(config: Value, payload: Value) -> Value {
+        testing::set_config(config);
+        match transform(Event::from_payload(payload)).unwrap() {
+            Outcome::Payload(value) => value,
+            other => panic!("expected a payload, got {other:?}"),
+        }
+    }
+
+    fn open() -> Value {
+        json!({"event_id": "e1", "type": "open", "msg_id": "m1",
+               "email": {"to": "Ana Lima <ana@example.com>", "from": "news@shop.example"},
+               "status": {"ip": "198.51.100.77", "user_agent": "Mozilla/5.0"}})
+    }
+
+    #[test]
+    fn masks_the_recipient_and_the_ip_by_default() {
+        let out = run(json!({}), open());
+        assert_eq!(out["email"]["to"], "a***@example.com");
+        assert_eq!(out["email"]["from"], "news@shop.example");
+        assert_eq!(out["status"]["ip"], "198.51.100.0");
+        assert_eq!(out["status"]["user_agent"], "Mozilla/5.0");
+    }
+
+    #[test]
+    fn hashes_or_removes_the_fields_named() {
+        let out = run(
+            json!({"mode": "hash", "salt": "s", "fields": ["/email/to"]}),
+            open(),
+        );
+        let expected: String = Sha256::digest("sana@example.com")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(out["email"]["to"], format!("sha256:{expected}"));
+        assert_eq!(out["status"]["ip"], "198.51.100.77");
+
+        let out = run(
+            json!({"mode": "remove", "fields": ["/email/to", "/status/ip"]}),
+            open(),
+        );
+        assert_eq!(out["email"], json!({"from": "news@shop.example"}));
+        assert_eq!(out["status"], json!({"user_agent": "Mozilla/5.0"}));
+    }
+
+    #[test]
+    fn arrays_ipv6_and_bad_config() {
+        let out = run(
+            json!({}),
+            json!({"email": {"to": ["x@a.example", "y@b.example"]}, "status": {"ip": "2001:db8:1:2::7"}}),
+        );
+        assert_eq!(
+            out["email"]["to"],
+            json!(["x***@a.example", "y***@b.example"])
+        );
+        assert_eq!(out["status"]["ip"], "2001:db8:1::");
+        testing::set_config(json!({"mode": "scramble"}));
+        assert!(transform(Event::from_payload(open())).is_err());
+        testing::set_config(json!({"fields": ["email.to"]}));
+        assert!(transform(Event::from_payload(open())).is_err());
+    }
+}
