@@ -77,6 +77,10 @@ pub struct Args {
     /// without and gives the plugin's per-call p50/p99.
     #[arg(long, value_name = "PATH")]
     plugin: Option<PathBuf>,
+    /// Also run the gateway with `metrics.enabled = false` and report the cost of metrics
+    /// (target: throughput with metrics within 5% of without).
+    #[arg(long)]
+    compare_metrics: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,6 +99,7 @@ struct Plan {
     store: StoreArg,
     /// The transform plugin to bench, absolute.
     plugin: Option<PathBuf>,
+    compare_metrics: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -246,6 +251,7 @@ fn plan(args: &Args) -> Result<Plan> {
             ),
             None => None,
         },
+        compare_metrics: args.compare_metrics,
     })
 }
 
@@ -301,6 +307,8 @@ struct Results {
     postgres: Option<GatewayRows>,
     /// The same gateway run with a transform plugin on every event (`--plugin`).
     plugin: Option<GatewayRows>,
+    /// The same gateway run with metrics off (`--compare-metrics`).
+    metrics_off: Option<GatewayRows>,
 }
 
 impl Results {
@@ -321,7 +329,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
     );
     let raw_one_per_post = raw(plan, payloads, Raw::OnePerPost).await?;
     eprintln!("bench: gateway on SQLite");
-    let gateway = through_gateway(plan, payloads, bin, dir, None, None).await?;
+    let gateway = through_gateway(plan, payloads, bin, dir, None, None, false).await?;
     let postgres = match plan.store {
         StoreArg::Sqlite => None,
         StoreArg::Postgres => {
@@ -334,6 +342,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
                 &dir.join("postgres"),
                 Some(&db.url),
                 None,
+                false,
             )
             .await;
             let size = db.size_bytes().await;
@@ -350,9 +359,26 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
                 path.display()
             );
             let dir = dir.join("plugin");
-            Some(through_gateway(plan, payloads, bin, &dir, None, Some(path)).await?)
+            Some(through_gateway(plan, payloads, bin, &dir, None, Some(path), false).await?)
         }
         None => None,
+    };
+    let metrics_off = if plan.compare_metrics {
+        eprintln!("bench: gateway on SQLite with metrics.enabled = false");
+        Some(
+            through_gateway(
+                plan,
+                payloads,
+                bin,
+                &dir.join("metrics-off"),
+                None,
+                None,
+                true,
+            )
+            .await?,
+        )
+    } else {
+        None
     };
     Ok(Results {
         raw_batched,
@@ -365,6 +391,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         store_bytes: gateway.store_bytes,
         postgres,
         plugin,
+        metrics_off,
     })
 }
 
@@ -430,6 +457,7 @@ async fn through_gateway(
     dir: &Path,
     store_url: Option<&str>,
     plugin: Option<&Path>,
+    metrics_off: bool,
 ) -> Result<GatewayRows> {
     let sink = Sink::start(plan.events).await?;
     let sink_url = sink.url();
@@ -442,6 +470,7 @@ async fn through_gateway(
         in_flight_per_address: plan.in_flight_per_address,
         store_url,
         plugin,
+        metrics_off,
     };
     let client = load::http_client();
     let mut gateway = Gateway::start(bin, dir, &settings, &client).await?;
@@ -633,6 +662,35 @@ fn print_report(header: &str, results: &Results) {
     if let Some(with_plugin) = &results.plugin {
         print_plugin(results, with_plugin);
     }
+    if let Some(off) = &results.metrics_off {
+        print_metrics_cost(results, off);
+    }
+}
+
+/// The run with metrics on (the default) against the same run with them off.
+fn print_metrics_cost(on: &Results, off: &GatewayRows) {
+    println!();
+    println!(
+        "{:<32}{:>10}{:>9}{:>15}",
+        "gateway end to end", "events/s", "p99 ms", "gw CPU s/100k"
+    );
+    for (name, row) in [
+        ("metrics on", &on.end_to_end),
+        ("metrics off", &off.end_to_end),
+    ] {
+        println!(
+            "{name:<32}{:>10.0}{:>9.2}{:>15}",
+            row.events_per_s,
+            row.latency.p99,
+            row.gateway_cpu_per_100k
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+        );
+    }
+    let ratio = on.end_to_end.events_per_s / off.end_to_end.events_per_s;
+    println!(
+        "ratio metrics on / off: {ratio:.3}   (target >= 0.95: {})",
+        if ratio >= 0.95 { "met" } else { "NOT met" }
+    );
 }
 
 /// The run with a transform plugin on every event against the same run without.

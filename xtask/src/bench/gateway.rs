@@ -43,6 +43,8 @@ pub struct Settings<'a> {
     pub store_url: Option<&'a str>,
     /// A transform plugin run on every event (`--plugin`).
     pub plugin: Option<&'a Path>,
+    /// `metrics.enabled = false` (`--compare-metrics`).
+    pub metrics_off: bool,
 }
 
 /// The running gateway; killed (SIGKILL) if dropped before [`Gateway::stop`].
@@ -175,6 +177,9 @@ fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
     });
     if let Some(url) = settings.store_url {
         config["store"] = serde_json::json!({ "url": url });
+    }
+    if settings.metrics_off {
+        config["metrics"] = serde_json::json!({ "enabled": false });
     }
     if let Some(file) = settings.plugin {
         config["plugins"] = super::plugin::config(file, settings.data_dir)?;
