@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(payload["type"], event.event_type.as_str());
         assert_eq!(payload["account"], event.account.as_str());
         assert_eq!(payload["msg_id"], event.msg_id.as_str());
-        assert!(payload["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(
+            payload["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
         assert_eq!(payload["engagement"].is_object(), event.is_engagement());
     }
 });

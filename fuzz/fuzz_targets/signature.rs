@@ -18,9 +18,9 @@ fuzz_target!(|data: &[u8]| {
     let secret_text = String::from_utf8_lossy(parts.next().unwrap_or_default());
     let id = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
     let body = parts.next().unwrap_or_default();
-    let timestamp = i64::from_le_bytes(
-        std::array::from_fn(|i| id.as_bytes().get(i).copied().unwrap_or(i as u8)),
-    );
+    let timestamp = i64::from_le_bytes(std::array::from_fn(|i| {
+        id.as_bytes().get(i).copied().unwrap_or(i as u8)
+    }));
 
     let secret = match Secret::parse(&secret_text) {
         Ok(secret) => secret,

@@ -10,7 +10,7 @@
 //! answers beyond the first per id, which at-least-once allows) and the worst delay from the
 //! 202 to the first 2xx.
 
-mod sink;
+pub(crate) mod sink;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -104,13 +104,13 @@ impl Args {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum StoreKind {
+pub(crate) enum StoreKind {
     Sqlite,
     Postgres,
 }
 
 impl StoreKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Postgres => "postgres",
@@ -135,19 +135,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         args.kills,
         args.seconds
     );
-    let mut build = crate::cargo(root);
-    build.args(["build", "-p", "mailhook", "--bin", "mailhook"]);
-    if args.release {
-        build.arg("--release");
-    }
-    crate::run(&mut build)?;
-    let profile = if args.release { "release" } else { "debug" };
-    let bin = target_dir(root)?.join(profile).join("mailhook");
-    ensure!(
-        bin.is_file(),
-        "{} is missing after the build",
-        bin.display()
-    );
+    let bin = build(root, args.release)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -161,6 +149,24 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         bail!("no event was accepted: nothing was shown");
     }
     Ok(())
+}
+
+/// Builds the gateway binary (debug or release); its path.
+pub(crate) fn build(root: &Path, release: bool) -> Result<PathBuf> {
+    let mut build = crate::cargo(root);
+    build.args(["build", "-p", "mailhook", "--bin", "mailhook"]);
+    if release {
+        build.arg("--release");
+    }
+    crate::run(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    let bin = target_dir(root)?.join(profile).join("mailhook");
+    ensure!(
+        bin.is_file(),
+        "{} is missing after the build",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 /// What one run came to.
@@ -412,7 +418,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Both receivers' 2xx answers by id: the first one's time, and how many in all.
-fn merged(primary: &Sink, backup: &Sink) -> HashMap<String, (Instant, usize)> {
+pub(crate) fn merged(primary: &Sink, backup: &Sink) -> HashMap<String, (Instant, usize)> {
     let mut all = primary.deliveries.snapshot();
     for (id, (first, count)) in backup.deliveries.snapshot() {
         all.entry(id)
@@ -441,9 +447,9 @@ fn kill_moments(seed: u64, kills: usize, sending: Duration) -> Vec<Duration> {
     moments.into_iter().map(Duration::from_millis).collect()
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-fn http_client() -> HttpClient {
+pub(crate) fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
@@ -453,7 +459,7 @@ fn http_client() -> HttpClient {
 
 /// Sends events `0..events` at a steady rate over `sending`, in batches; records when each got
 /// its 202. Returns how many never got one.
-async fn send_all(
+pub(crate) async fn send_all(
     client: HttpClient,
     addr: SocketAddr,
     events: usize,
@@ -563,17 +569,17 @@ async fn lookup(client: &HttpClient, addr: SocketAddr, i: usize) -> String {
 }
 
 /// The real binary on a config written once; killed and started again on the same files.
-struct GatewayProcess {
+pub(crate) struct GatewayProcess {
     bin: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     child: Option<Child>,
     client: HttpClient,
 }
 
 impl GatewayProcess {
-    fn configure(
+    pub(crate) fn configure(
         bin: &Path,
         dir: &Path,
         addresses: &[&str],
@@ -621,7 +627,7 @@ impl GatewayProcess {
         })
     }
 
-    async fn spawn(&mut self) -> Result<()> {
+    pub(crate) async fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -663,7 +669,7 @@ impl GatewayProcess {
         }
     }
 
-    fn pid(&self) -> Result<Pid> {
+    pub(crate) fn pid(&self) -> Result<Pid> {
         let id = self
             .child
             .as_ref()
@@ -674,7 +680,7 @@ impl GatewayProcess {
         ))
     }
 
-    fn check_running(&mut self) -> Result<()> {
+    pub(crate) fn check_running(&mut self) -> Result<()> {
         if let Some(child) = self.child.as_mut()
             && let Some(status) = child.try_wait()?
         {
@@ -694,7 +700,7 @@ impl GatewayProcess {
         Ok(())
     }
 
-    async fn terminate(&mut self) -> Result<Option<i32>> {
+    pub(crate) async fn terminate(&mut self) -> Result<Option<i32>> {
         kill(self.pid()?, Signal::SIGTERM).context("SIGTERM")?;
         let mut child = self.child.take().context("the gateway is not running")?;
         match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
@@ -714,7 +720,7 @@ impl GatewayProcess {
     }
 }
 
-mod pg {
+pub(crate) mod pg {
     //! A fresh PostgreSQL database for a chaos run, dropped after it.
 
     use anyhow::{Context, Result};

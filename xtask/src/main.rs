@@ -7,6 +7,7 @@ mod fuzz;
 mod plugins;
 mod schemathesis;
 mod simulate;
+mod soak;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,9 @@ enum Task {
     /// Schemathesis (from PyPI, installed when missing) against a live gateway from
     /// `docs/openapi.json`, bounded in time; exits non-zero on any finding.
     Schemathesis(schemathesis::Args),
+    /// The gateway under a steady load for a long time (an hour by default), sampling its
+    /// memory, open file descriptors and queue depth, to show no leak.
+    Soak(soak::Args),
     /// Builds the WASM plugins in `plugins/` (SDK examples, hostile test plugins) for
     /// wasm32-wasip2, adding the target with rustup if needed.
     Plugins,
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Task::Chaos(args) => chaos::run(&root, args),
         Task::Fuzz(args) => fuzz::run(&root, args),
         Task::Schemathesis(args) => schemathesis::run(&root, args),
+        Task::Soak(args) => soak::run(&root, args),
         Task::Plugins => plugins::build(&root).map(drop),
     };
     match done {

@@ -56,7 +56,10 @@ pub fn run(root: &std::path::Path, args: Args) -> Result<()> {
         "--rate {} must be from 1 to 100000",
         args.rate
     );
-    ensure!(args.sample_seconds >= 1, "--sample-seconds must be at least 1");
+    ensure!(
+        args.sample_seconds >= 1,
+        "--sample-seconds must be at least 1"
+    );
     let bin = crate::chaos::build(root, args.release)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,7 +68,9 @@ pub fn run(root: &std::path::Path, args: Args) -> Result<()> {
 }
 
 async fn soak(args: &Args, bin: &std::path::Path) -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("mailhook-soak-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("mailhook-soak-")
+        .tempdir()?;
     let database = match args.store {
         StoreKind::Sqlite => None,
         StoreKind::Postgres => Some(pg::ChaosDatabase::create().await?),
@@ -108,7 +113,7 @@ async fn soak(args: &Args, bin: &std::path::Path) -> Result<()> {
     while !sender.is_finished() {
         tick.tick().await;
         gateway.check_running()?;
-        let delivered = primary.deliveries.snapshot().len() + backup.deliveries.snapshot().len();
+        let delivered = crate::chaos::merged(&primary, &backup).len();
         let sample = Sample {
             at: started.elapsed(),
             rss_bytes: rss_bytes(pid.as_raw())?,

@@ -28,6 +28,25 @@ fn open(dir: &TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("mailhook.db"), SqliteOptions::default()).unwrap()
 }
 
+#[test]
+fn the_first_engagement_look_up_uses_the_msg_id_index_not_a_scan_of_the_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let conn = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", ops::SEEN_BEFORE))
+        .unwrap()
+        .query_map(rusqlite::params!["default", "m", "open"], |row| row.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|step| step.contains("events_by_message")),
+        "{plan:?}"
+    );
+    drop(store);
+}
+
 fn account(name: &str) -> AccountId {
     AccountId::parse(name).unwrap()
 }
