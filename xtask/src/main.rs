@@ -8,6 +8,7 @@ mod plugins;
 mod schemathesis;
 mod simulate;
 mod soak;
+mod tally;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+use crate::tally::Tally;
 
 #[derive(Parser)]
 #[command(bin_name = "cargo xtask", about = "mailhook project tasks")]
@@ -105,12 +108,26 @@ fn ci(root: &Path, args: &TestArgs) -> Result<()> {
 }
 
 fn test(root: &Path, args: &TestArgs) -> Result<()> {
+    let mut tally = Tally::default();
+    let done = test_counted(root, args, &mut tally);
+    if done.is_err() && tally.failed == 0 {
+        // A step failed before or outside any counted test (a build, an install): the closing
+        // line must not read as a clean run.
+        tally.failed += 1;
+    }
+    // Last, alone on its line: what ran in every pass and step, for whoever reads the log's end.
+    eprintln!();
+    println!("{}", tally.closing_line());
+    done
+}
+
+fn test_counted(root: &Path, args: &TestArgs, tally: &mut Tally) -> Result<()> {
     // The console's browser tests drive Debian's headless Chromium; the metrics tests Prometheus.
     browser::ensure_installed()?;
     // The plugin tests load the example and hostile plugins, built from source here; the
     // plugins' own unit tests run first.
     plugins::build(root)?;
-    plugins::unit_tests(root)?;
+    plugins::unit_tests(root, tally)?;
     // The end-to-end tests spawn this binary from the target dir: build it first so it is fresh.
     run(cargo(root).args(["build", "-p", "mailhook", "--bin", "mailhook"]))?;
     let nextest = nextest_installed(root);
@@ -121,17 +138,17 @@ fn test(root: &Path, args: &TestArgs) -> Result<()> {
     // The PostgreSQL store's own tests and the multi-node tests (`tests/cluster`) run here too.
     let mut all = test_command(root, nextest, &["--workspace"]);
     all.args(&args.args);
-    let first = run(&mut all);
+    let first = tally::run_counted(&mut all, tally);
     // Pass 2: the same end-to-end suite (`tests/it`) again, every gateway on a fresh
     // PostgreSQL database of the local server (see `mailhook_test_support::STORE_ENV`).
     let mut on_postgres = test_command(root, nextest, &["-p", "mailhook-tests", "--test", "it"]);
     on_postgres.env("MAILHOOK_TEST_STORE", "postgres");
     on_postgres.args(&args.args);
-    let second = run(&mut on_postgres);
+    let second = tally::run_counted(&mut on_postgres, tally);
     // Reliability (issue 8), when the whole suite runs: short kill -9 loops on both stores,
     // every fuzz target, and Schemathesis on the live API; each bounded in time.
     let reliability = if args.args.is_empty() {
-        reliability(root)
+        reliability(root, tally)
     } else {
         Ok(())
     };
@@ -140,28 +157,30 @@ fn test(root: &Path, args: &TestArgs) -> Result<()> {
     reliability
 }
 
-/// The reliability steps of `test`: each runs even when one before it failed.
-fn reliability(root: &Path) -> Result<()> {
-    let steps = [
-        (
-            "chaos on SQLite",
-            chaos::run(root, chaos::Args::short(false)),
-        ),
-        (
-            "chaos on PostgreSQL",
-            chaos::run(root, chaos::Args::short(true)),
-        ),
-        ("fuzzing", fuzz::run(root, fuzz::Args::brief(20))),
-        (
-            "schemathesis",
-            schemathesis::run(root, schemathesis::Args::brief(60)),
-        ),
+/// The reliability steps of `test`: each runs even when one before it failed, and each counts
+/// as one test in the closing line.
+fn reliability(root: &Path, tally: &mut Tally) -> Result<()> {
+    let steps: [(&str, fn(&Path) -> Result<()>); 4] = [
+        ("chaos on SQLite", |root| {
+            chaos::run(root, chaos::Args::short(false))
+        }),
+        ("chaos on PostgreSQL", |root| {
+            chaos::run(root, chaos::Args::short(true))
+        }),
+        ("fuzzing", |root| fuzz::run(root, fuzz::Args::brief(20))),
+        ("schemathesis", |root| {
+            schemathesis::run(root, schemathesis::Args::brief(60))
+        }),
     ];
     let mut failed = Vec::new();
-    for (name, done) in steps {
-        if let Err(err) = done {
-            eprintln!("xtask: {name} failed: {err:#}");
-            failed.push(name);
+    for (name, step) in steps {
+        match step(root) {
+            Ok(()) => tally.passed += 1,
+            Err(err) => {
+                eprintln!("xtask: {name} failed: {err:#}");
+                tally.failed += 1;
+                failed.push(name);
+            }
         }
     }
     if failed.is_empty() {

@@ -28,12 +28,13 @@ pub fn build(root: &Path) -> Result<PathBuf> {
 }
 
 /// The plugins' own unit tests, on this machine (the SDK stands in for the host there).
-pub fn unit_tests(root: &Path) -> Result<()> {
+pub fn unit_tests(root: &Path, tally: &mut crate::tally::Tally) -> Result<()> {
     let target_dir = host_target_dir(root)?.join("plugins");
-    crate::run(
+    crate::tally::run_counted(
         crate::cargo(&root.join("plugins"))
             .args(["test", "--workspace"])
             .env("CARGO_TARGET_DIR", &target_dir),
+        tally,
     )
 }
 

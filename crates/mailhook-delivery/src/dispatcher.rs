@@ -220,7 +220,9 @@ async fn run_claims(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) -> Jo
             return tasks;
         }
         let room = inner.config.concurrency.saturating_sub(tasks.len());
-        if room == 0 {
+        // Below the refill mark, wait for more slots: a claim is a store write, and claiming
+        // the one or two slots each finished delivery frees would cost one per event.
+        if room == 0 || (room < refill_mark(&inner.config) && !tasks.is_empty()) {
             tokio::select! {
                 _ = tasks.join_next() => {}
                 _ = stopped.changed() => {}
@@ -264,6 +266,12 @@ async fn run_claims(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) -> Jo
             _ = stopped.changed() => {}
         }
     }
+}
+
+/// The fewest free slots worth a claim while deliveries run: a quarter of what one claim may
+/// take, so a saturated dispatcher claims in batches, and an idle one (no task) claims at once.
+fn refill_mark(config: &DeliveryConfig) -> usize {
+    (config.concurrency.min(config.claim_batch_max) / 4).max(1)
 }
 
 /// Runs one claimed event as far as it goes now, then hands its completion to the writer.
