@@ -157,10 +157,13 @@ fn test_counted(root: &Path, args: &TestArgs, tally: &mut Tally) -> Result<()> {
     reliability
 }
 
+/// One reliability step, run from the workspace root.
+type Step = fn(&Path) -> Result<()>;
+
 /// The reliability steps of `test`: each runs even when one before it failed, and each counts
 /// as one test in the closing line.
 fn reliability(root: &Path, tally: &mut Tally) -> Result<()> {
-    let steps: [(&str, fn(&Path) -> Result<()>); 4] = [
+    let steps: [(&str, Step); 4] = [
         ("chaos on SQLite", |root| {
             chaos::run(root, chaos::Args::short(false))
         }),
