@@ -13,6 +13,7 @@ mod pg;
 mod plugin;
 mod sink;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -64,6 +65,9 @@ pub struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Append the report to `docs/benchmarks.md`, under the date and commit.
+    #[arg(long)]
+    record: bool,
     /// Keep the temp dir (the gateway's config and data) and print where it is.
     #[arg(long)]
     keep: bool,
@@ -191,7 +195,12 @@ fn bench(args: &Args, plan: &Plan, root: &Path, bin: &Path) -> Result<()> {
             .map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}")),
         commit,
     );
-    print_report(&header, &results);
+    let mut report = String::new();
+    print_report(&mut report, &header, &results);
+    print!("{report}");
+    if args.record {
+        record(root, &commit, &report)?;
+    }
     if let Some(path) = &args.json {
         let json = json_report(
             plan,
@@ -599,9 +608,10 @@ fn own_cpu_seconds() -> Result<f64> {
     gateway::cpu_seconds("/proc/self/stat")
 }
 
-fn print_report(header: &str, results: &Results) {
-    println!("{header}");
-    println!(
+fn print_report(w: &mut String, header: &str, results: &Results) {
+    writeln!(w, "{header}").unwrap();
+    writeln!(
+        w,
         "{:<32}{:>10}{:>9}{:>9}{:>9}{:>9}{:>14}{:>15}{:>17}",
         "scenario",
         "events/s",
@@ -612,7 +622,8 @@ fn print_report(header: &str, results: &Results) {
         "peak RSS MiB",
         "gw CPU s/100k",
         "bench CPU s/100k"
-    );
+    )
+    .unwrap();
     let optional = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
     for row in [
         &results.raw_batched,
@@ -626,7 +637,8 @@ fn print_report(header: &str, results: &Results) {
             p999,
             max,
         } = row.latency;
-        println!(
+        writeln!(
+            w,
             "{:<32}{:>10.0}{p50:>9.2}{p99:>9.2}{p999:>9.2}{max:>9.2}{:>14}{:>15}{:>17}",
             row.name,
             row.events_per_s,
@@ -634,78 +646,92 @@ fn print_report(header: &str, results: &Results) {
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
             optional(row.gateway_cpu_per_100k),
             optional(row.bench_cpu_per_100k),
-        );
+        )
+        .unwrap();
     }
-    println!(
+    writeln!(w,
         "latency: raw and intake rows = request round trip; end to end = 202 received -> first arrival at the sink"
-    );
-    println!(
+    ).unwrap();
+    writeln!(
+        w,
         "gateway: {} intake batches retried after 503, {} after 429; {} repeated deliveries; \
          store {:.1} MiB after the run",
         results.busy_retries,
         results.throttled_retries,
         results.repeated_deliveries,
         results.store_bytes as f64 / (1024.0 * 1024.0)
-    );
+    )
+    .unwrap();
     let ratio = results.ratio();
-    println!(
+    writeln!(
+        w,
         "ratio delivered / raw one-per-POST: {ratio:.3}   (target >= {TARGET_RATIO:.2}: {})",
         if ratio >= TARGET_RATIO {
             "met"
         } else {
             "NOT met"
         }
-    );
+    )
+    .unwrap();
     if let Some(postgres) = &results.postgres {
-        print_side_by_side(results, postgres);
+        print_side_by_side(w, results, postgres);
     }
     if let Some(with_plugin) = &results.plugin {
-        print_plugin(results, with_plugin);
+        print_plugin(w, results, with_plugin);
     }
     if let Some(off) = &results.metrics_off {
-        print_metrics_cost(results, off);
+        print_metrics_cost(w, results, off);
     }
 }
 
 /// The run with metrics on (the default) against the same run with them off.
-fn print_metrics_cost(on: &Results, off: &GatewayRows) {
-    println!();
-    println!(
+fn print_metrics_cost(w: &mut String, on: &Results, off: &GatewayRows) {
+    writeln!(w).unwrap();
+    writeln!(
+        w,
         "{:<32}{:>10}{:>9}{:>15}",
         "gateway end to end", "events/s", "p99 ms", "gw CPU s/100k"
-    );
+    )
+    .unwrap();
     for (name, row) in [
         ("metrics on", &on.end_to_end),
         ("metrics off", &off.end_to_end),
     ] {
-        println!(
+        writeln!(
+            w,
             "{name:<32}{:>10.0}{:>9.2}{:>15}",
             row.events_per_s,
             row.latency.p99,
             row.gateway_cpu_per_100k
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
-        );
+        )
+        .unwrap();
     }
     let ratio = on.end_to_end.events_per_s / off.end_to_end.events_per_s;
-    println!(
+    writeln!(
+        w,
         "ratio metrics on / off: {ratio:.3}   (target >= 0.95: {})",
         if ratio >= 0.95 { "met" } else { "NOT met" }
-    );
+    )
+    .unwrap();
 }
 
 /// The run with a transform plugin on every event against the same run without.
-fn print_plugin(without: &Results, with: &GatewayRows) {
+fn print_plugin(w: &mut String, without: &Results, with: &GatewayRows) {
     let ratio = with.end_to_end.events_per_s / without.end_to_end.events_per_s;
-    println!();
-    println!(
+    writeln!(w).unwrap();
+    writeln!(
+        w,
         "{:<32}{:>10}{:>9}{:>9}{:>14}{:>15}",
         "gateway end to end", "events/s", "p50 ms", "p99 ms", "peak RSS MiB", "gw CPU s/100k"
-    );
+    )
+    .unwrap();
     for (name, row) in [
         ("without plugin", &without.end_to_end),
         ("with plugin", &with.end_to_end),
     ] {
-        println!(
+        writeln!(
+            w,
             "{name:<32}{:>10.0}{:>9.2}{:>9.2}{:>14}{:>15}",
             row.events_per_s,
             row.latency.p50,
@@ -714,15 +740,17 @@ fn print_plugin(without: &Results, with: &GatewayRows) {
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
             row.gateway_cpu_per_100k
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
-        );
+        )
+        .unwrap();
     }
     if let Some(calls) = &with.plugin_calls {
-        println!(
+        writeln!(w,
             "plugin calls: {:.0} ok, {:.0} failed; per call p50 {:.1} us, p99 {:.1} us (from the gateway's histogram)",
             calls.ok, calls.failed, calls.p50_us, calls.p99_us
-        );
+        ).unwrap();
     }
-    println!(
+    writeln!(
+        w,
         "ratio with plugin / without: {ratio:.3}   (target >= {:.2}: {})",
         plugin::TARGET_RATIO,
         if ratio >= plugin::TARGET_RATIO {
@@ -730,18 +758,21 @@ fn print_plugin(without: &Results, with: &GatewayRows) {
         } else {
             "NOT met"
         }
-    );
+    )
+    .unwrap();
 }
 
 /// The gateway's figures on SQLite and on PostgreSQL, one line per figure.
-fn print_side_by_side(sqlite: &Results, postgres: &GatewayRows) {
-    println!();
-    println!(
+fn print_side_by_side(w: &mut String, sqlite: &Results, postgres: &GatewayRows) {
+    writeln!(w).unwrap();
+    writeln!(
+        w,
         "{:<40}{:>14}{:>14}",
         "gateway figure", "SQLite", "PostgreSQL"
-    );
-    let line = |name: &str, sqlite: String, postgres: String| {
-        println!("{name:<40}{sqlite:>14}{postgres:>14}");
+    )
+    .unwrap();
+    let mut line = |name: &str, sqlite: String, postgres: String| {
+        writeln!(w, "{name:<40}{sqlite:>14}{postgres:>14}").unwrap();
     };
     for (what, s, p) in [
         ("intake (accepted)", &sqlite.intake, &postgres.intake),
@@ -801,9 +832,54 @@ fn print_side_by_side(sqlite: &Results, postgres: &GatewayRows) {
         format!("{:.3}", sqlite.end_to_end.events_per_s / raw),
         format!("{:.3}", postgres.end_to_end.events_per_s / raw),
     );
-    println!(
+    writeln!(
+        w,
         "PostgreSQL: the local server, shared with this bench and the gateway on the same CPUs"
-    );
+    )
+    .unwrap();
+}
+
+/// Appends one run's report to `docs/benchmarks.md`: the history of measurements, newest last.
+fn record(root: &Path, commit: &str, report: &str) -> Result<()> {
+    use std::io::Write as _;
+    let path = root.join("docs").join("benchmarks.md");
+    let date = today();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    write!(
+        file,
+        "\n## {date}, commit {commit}\n\n`cargo xtask bench {}`\n\n```text\n{report}```\n",
+        std::env::args().skip(2).collect::<Vec<_>>().join(" ")
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("bench: appended the report to {}", path.display());
+    Ok(())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from the system clock.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    date_of(days)
+}
+
+/// The date `days` after 1970-01-01, as YYYY-MM-DD.
+fn date_of(days: i64) -> String {
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 fn json_report(
@@ -925,5 +1001,17 @@ fn commit(root: &Path) -> String {
     match git(&["status", "--porcelain", "--untracked-files=no"]) {
         Some(changes) if !changes.is_empty() => format!("{head}+dirty"),
         _ => head,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::date_of;
+
+    #[test]
+    fn dates_of_days_since_the_epoch() {
+        assert_eq!(date_of(0), "1970-01-01");
+        assert_eq!(date_of(19_782), "2024-02-29");
+        assert_eq!(date_of(20_784), "2026-11-27");
     }
 }
