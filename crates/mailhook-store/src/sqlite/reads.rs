@@ -27,12 +27,33 @@ pub(super) fn next_due_at(conn: &mut Connection) -> Result<Option<i64>> {
     Ok(due)
 }
 
+/// The queue's depth and its oldest event, each answered from the two lanes' partial indexes,
+/// so the cost follows the queue, not the table. (`WHERE due_at_ms IS NOT NULL` alone matches
+/// neither partial index: every `/metrics` scrape read the whole table, bodies included.)
+/// Ids grow in acceptance order, so the smallest queued id is the oldest queued event.
+pub(super) const QUEUE_STATS: &str = "SELECT
+     (SELECT COUNT(*) FROM events INDEXED BY events_due_first
+          WHERE due_at_ms IS NOT NULL AND attempts = 0)
+     + (SELECT COUNT(*) FROM events INDEXED BY events_due_retry
+          WHERE due_at_ms IS NOT NULL AND attempts > 0),
+     (SELECT MIN(accepted_at_ms) FROM events WHERE id IN (
+          SELECT MIN(id) FROM events INDEXED BY events_due_first
+              WHERE due_at_ms IS NOT NULL AND attempts = 0
+          UNION ALL
+          SELECT MIN(id) FROM events INDEXED BY events_due_retry
+              WHERE due_at_ms IS NOT NULL AND attempts > 0))";
+
+/// The first `delivery` event of a MsgId, for the engagement rules. `INDEXED BY` for the same
+/// reason as `ops::SEEN_BEFORE`: without it SQLite walked `events_by_state (account, type,
+/// ...)`, every delivery of the account, for each open and click taken in
+/// (`cargo xtask soak` showed intake's CPU growing with the table).
+pub(super) const FIRST_DELIVERY: &str = "SELECT MIN(timestamp_ms) FROM events
+     INDEXED BY events_by_message
+     WHERE account = ?1 AND msg_id = ?2 AND type = 'delivery'";
+
 pub(super) fn queue_stats(conn: &mut Connection) -> Result<QueueStats> {
-    let (depth, oldest): (i64, Option<i64>) = conn.query_row(
-        "SELECT COUNT(*), MIN(accepted_at_ms) FROM events WHERE due_at_ms IS NOT NULL",
-        [],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
+    let (depth, oldest): (i64, Option<i64>) =
+        conn.query_row(QUEUE_STATS, [], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(QueueStats {
         depth: depth.max(0) as u64,
         oldest_accepted_at_ms: oldest,
@@ -44,9 +65,7 @@ pub(super) fn delivery_times(
     account: &AccountId,
     msg_ids: &[String],
 ) -> Result<HashMap<String, i64>> {
-    let mut first_delivery = conn.prepare_cached(
-        "SELECT MIN(timestamp_ms) FROM events WHERE account = ?1 AND msg_id = ?2 AND type = 'delivery'",
-    )?;
+    let mut first_delivery = conn.prepare_cached(FIRST_DELIVERY)?;
     let mut times = HashMap::new();
     for msg_id in msg_ids {
         let at: Option<i64> =

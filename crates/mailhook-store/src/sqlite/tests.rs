@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ops::{self, Op};
+use super::reads;
 use super::writer::{Msg, Request, Writer};
 use super::{SqliteOptions, SqliteStore, now_ms, schema};
 use crate::{
@@ -43,6 +44,52 @@ fn the_first_engagement_look_up_uses_the_msg_id_index_not_a_scan_of_the_account(
     assert!(
         plan.iter().any(|step| step.contains("events_by_message")),
         "{plan:?}"
+    );
+    drop(store);
+}
+
+/// The steps of SQLite's plan for `sql`.
+fn query_plan(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Vec<String> {
+    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params, |row| row.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+#[test]
+fn reads_that_run_per_event_or_per_scrape_never_scan_the_events_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let conn = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
+    // A scan reads every stored event; these run for each open/click and each /metrics.
+    let first_delivery = query_plan(
+        &conn,
+        reads::FIRST_DELIVERY,
+        rusqlite::params!["default", "m"],
+    );
+    assert!(
+        first_delivery
+            .iter()
+            .any(|step| step.contains("events_by_message")),
+        "{first_delivery:?}"
+    );
+    let queue = query_plan(&conn, reads::QUEUE_STATS, []);
+    assert!(
+        queue.iter().all(|step| !step.starts_with("SCAN events ")
+            && step != "SCAN events"
+            && !step.contains("events_by_state")),
+        "{queue:?}"
+    );
+    assert!(
+        queue.iter().any(|step| step.contains("events_due_first"))
+            && queue.iter().any(|step| step.contains("events_due_retry")),
+        "{queue:?}"
     );
     drop(store);
 }
@@ -626,7 +673,7 @@ fn run_writer(
     events_per_commit_max: usize,
     fill: impl FnOnce(&mpsc::Sender<Msg>),
 ) -> u64 {
-    let conn = schema::open_writer(&dir.path().join("mailhook.db")).unwrap();
+    let conn = schema::open_writer(&dir.path().join("mailhook.db"), 1 << 20).unwrap();
     let (sender, receiver) = mpsc::channel(64);
     fill(&sender);
     let (ack, _acked) = oneshot::channel();
@@ -1090,4 +1137,15 @@ async fn prune_deletes_old_delivered_and_skipped_events_with_their_attempts_in_b
         .query_row("SELECT count(*) FROM attempts", [], |row| row.get(0))
         .unwrap();
     assert_eq!(attempts, 1, "the pruned events' attempts went with them");
+}
+
+#[test]
+fn the_writer_page_cache_is_the_configured_size() {
+    let dir = TempDir::new().unwrap();
+    let conn = schema::open_writer(&dir.path().join("mailhook.db"), 8 * 1024 * 1024).unwrap();
+    let kib: i64 = conn
+        .pragma_query_value(None, "cache_size", |row| row.get(0))
+        .unwrap();
+    // Negative: KiB rather than pages.
+    assert_eq!(kib, -8192);
 }
