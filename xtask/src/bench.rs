@@ -85,6 +85,11 @@ pub struct Args {
     /// (target: throughput with metrics within 5% of without).
     #[arg(long)]
     compare_metrics: bool,
+    /// Also run the gateway with a primary address where nothing listens and the sink as
+    /// backup-1, and report its throughput against the normal run (target: at least 90%,
+    /// once the primary's circuit is open).
+    #[arg(long)]
+    failover: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -104,6 +109,7 @@ struct Plan {
     /// The transform plugin to bench, absolute.
     plugin: Option<PathBuf>,
     compare_metrics: bool,
+    failover: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -261,6 +267,7 @@ fn plan(args: &Args) -> Result<Plan> {
             None => None,
         },
         compare_metrics: args.compare_metrics,
+        failover: args.failover,
     })
 }
 
@@ -318,6 +325,8 @@ struct Results {
     plugin: Option<GatewayRows>,
     /// The same gateway run with metrics off (`--compare-metrics`).
     metrics_off: Option<GatewayRows>,
+    /// The same run with the primary down and the sink as backup-1 (`--failover`).
+    failover: Option<GatewayRows>,
 }
 
 impl Results {
@@ -338,22 +347,17 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
     );
     let raw_one_per_post = raw(plan, payloads, Raw::OnePerPost).await?;
     eprintln!("bench: gateway on SQLite");
-    let gateway = through_gateway(plan, payloads, bin, dir, None, None, false).await?;
+    let gateway = through_gateway(plan, payloads, bin, dir, Variant::default()).await?;
     let postgres = match plan.store {
         StoreArg::Sqlite => None,
         StoreArg::Postgres => {
             let db = pg::BenchDatabase::create().await?;
             eprintln!("bench: gateway on PostgreSQL");
-            let run = through_gateway(
-                plan,
-                payloads,
-                bin,
-                &dir.join("postgres"),
-                Some(&db.url),
-                None,
-                false,
-            )
-            .await;
+            let variant = Variant {
+                store_url: Some(&db.url),
+                ..Variant::default()
+            };
+            let run = through_gateway(plan, payloads, bin, &dir.join("postgres"), variant).await;
             let size = db.size_bytes().await;
             db.drop_database().await?;
             let mut run = run?;
@@ -368,24 +372,31 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
                 path.display()
             );
             let dir = dir.join("plugin");
-            Some(through_gateway(plan, payloads, bin, &dir, None, Some(path), false).await?)
+            let variant = Variant {
+                plugin: Some(path),
+                ..Variant::default()
+            };
+            Some(through_gateway(plan, payloads, bin, &dir, variant).await?)
         }
         None => None,
     };
     let metrics_off = if plan.compare_metrics {
         eprintln!("bench: gateway on SQLite with metrics.enabled = false");
-        Some(
-            through_gateway(
-                plan,
-                payloads,
-                bin,
-                &dir.join("metrics-off"),
-                None,
-                None,
-                true,
-            )
-            .await?,
-        )
+        let variant = Variant {
+            metrics_off: true,
+            ..Variant::default()
+        };
+        Some(through_gateway(plan, payloads, bin, &dir.join("metrics-off"), variant).await?)
+    } else {
+        None
+    };
+    let failover = if plan.failover {
+        eprintln!("bench: gateway on SQLite, primary down (connection refused), sink as backup-1");
+        let variant = Variant {
+            primary_down: true,
+            ..Variant::default()
+        };
+        Some(through_gateway(plan, payloads, bin, &dir.join("failover"), variant).await?)
     } else {
         None
     };
@@ -401,6 +412,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         postgres,
         plugin,
         metrics_off,
+        failover,
     })
 }
 
@@ -459,17 +471,38 @@ struct GatewayRows {
     plugin_calls: Option<plugin::Calls>,
 }
 
+/// What a gateway run changes from the plain one (SQLite, no plugin, metrics on, one address).
+#[derive(Clone, Copy, Default)]
+struct Variant<'a> {
+    store_url: Option<&'a str>,
+    plugin: Option<&'a Path>,
+    metrics_off: bool,
+    /// The sink as backup-1 behind a primary where nothing listens.
+    primary_down: bool,
+}
+
 async fn through_gateway(
     plan: &Plan,
     payloads: &Arc<Payloads>,
     bin: &Path,
     dir: &Path,
-    store_url: Option<&str>,
-    plugin: Option<&Path>,
-    metrics_off: bool,
+    variant: Variant<'_>,
 ) -> Result<GatewayRows> {
+    let Variant {
+        store_url,
+        plugin,
+        metrics_off,
+        primary_down,
+    } = variant;
     let sink = Sink::start(plan.events).await?;
     let sink_url = sink.url();
+    // A port that was just free: connections to it are refused at once.
+    let down_url = if primary_down {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        Some(format!("http://{closed}/down"))
+    } else {
+        None
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let data_dir = dir.join("data");
     let settings = gateway::Settings {
@@ -480,6 +513,7 @@ async fn through_gateway(
         store_url,
         plugin,
         metrics_off,
+        down_primary: down_url.as_deref(),
     };
     let client = load::http_client();
     let mut gateway = Gateway::start(bin, dir, &settings, &client).await?;
@@ -682,6 +716,42 @@ fn print_report(w: &mut String, header: &str, results: &Results) {
     if let Some(off) = &results.metrics_off {
         print_metrics_cost(w, results, off);
     }
+    if let Some(failover) = &results.failover {
+        print_failover(w, results, failover);
+    }
+}
+
+/// The normal run against the one whose primary is down (the sink being backup-1).
+fn print_failover(w: &mut String, normal: &Results, failover: &GatewayRows) {
+    writeln!(w).unwrap();
+    writeln!(
+        w,
+        "{:<32}{:>10}{:>9}{:>9}{:>15}",
+        "gateway end to end", "events/s", "p50 ms", "p99 ms", "gw CPU s/100k"
+    )
+    .unwrap();
+    for (name, row) in [
+        ("primary up", &normal.end_to_end),
+        ("primary down, to backup-1", &failover.end_to_end),
+    ] {
+        writeln!(
+            w,
+            "{name:<32}{:>10.0}{:>9.2}{:>9.2}{:>15}",
+            row.events_per_s,
+            row.latency.p50,
+            row.latency.p99,
+            row.gateway_cpu_per_100k
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+        )
+        .unwrap();
+    }
+    let ratio = failover.end_to_end.events_per_s / normal.end_to_end.events_per_s;
+    writeln!(
+        w,
+        "ratio primary down / up: {ratio:.3}   (target >= 0.90: {})",
+        if ratio >= 0.9 { "met" } else { "NOT met" }
+    )
+    .unwrap();
 }
 
 /// The run with metrics on (the default) against the same run with them off.
@@ -950,6 +1020,15 @@ fn json_report(
             "store_bytes": pg.store_bytes,
             "ratio_delivered_to_raw_one_per_post":
                 pg.end_to_end.events_per_s / results.raw_one_per_post.events_per_s,
+        })),
+        "metrics_off": results.metrics_off.as_ref().map(|off| serde_json::json!({
+            "gateway_end_to_end": row(&off.end_to_end),
+            "ratio_on_to_off": results.end_to_end.events_per_s / off.end_to_end.events_per_s,
+        })),
+        "failover": results.failover.as_ref().map(|down| serde_json::json!({
+            "gateway_end_to_end": row(&down.end_to_end),
+            "ratio_primary_down_to_up": down.end_to_end.events_per_s / results.end_to_end.events_per_s,
+            "target_ratio": 0.9,
         })),
     })
 }

@@ -52,6 +52,11 @@ pub struct SqliteOptions {
     pub write_queue_max: usize,
     /// Read-only connections, and so concurrent reads.
     pub read_connections: usize,
+    /// The writer connection's page cache, in bytes (2 MiB, about SQLite's own default). Pages
+    /// it cannot hold are read back from the OS page cache. In `cargo xtask bench` with 100k
+    /// events, 32 MiB gave no measurable gain (19.1k vs 19.4k delivered/s) and doubled the
+    /// resident memory, so the default stays small.
+    pub cache_bytes_max: usize,
 }
 
 impl Default for SqliteOptions {
@@ -60,6 +65,7 @@ impl Default for SqliteOptions {
             events_per_commit_max: 10_000,
             write_queue_max: 1024,
             read_connections: 2,
+            cache_bytes_max: 2 * 1024 * 1024,
         }
     }
 }
@@ -103,7 +109,7 @@ impl SqliteStore {
             Error::Unavailable(m) => Error::Unavailable(format!("{}: {m}", path.display())),
             other => other,
         };
-        let conn = schema::open_writer(path).map_err(with_path)?;
+        let conn = schema::open_writer(path, options.cache_bytes_max).map_err(with_path)?;
         let read_connections = options.read_connections.clamp(1, Semaphore::MAX_PERMITS);
         let readers = (0..read_connections)
             .map(|_| schema::open_reader(path))

@@ -69,6 +69,8 @@ pub struct StoreConfig {
     pub write_queue_max: usize,
     /// Read-only connections for lookups (SQLite).
     pub read_connections: usize,
+    /// The writer's page cache in bytes (SQLite).
+    pub cache_bytes_max: usize,
     /// Most pooled connections to PostgreSQL (one more is kept for LISTEN).
     pub pool_size_max: usize,
     /// Opening a PostgreSQL connection, or waiting for a free pooled one, may take this long;
@@ -96,6 +98,7 @@ impl Default for StoreConfig {
             events_per_commit_max: sqlite.events_per_commit_max,
             write_queue_max: sqlite.write_queue_max,
             read_connections: sqlite.read_connections,
+            cache_bytes_max: sqlite.cache_bytes_max,
             pool_size_max: postgres.pool_size_max,
             connect_timeout: postgres.connect_timeout,
             retention: Duration::from_secs(7 * 24 * 3600),

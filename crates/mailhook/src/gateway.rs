@@ -85,6 +85,7 @@ impl Gateway {
                     events_per_commit_max: config.store.events_per_commit_max,
                     write_queue_max: config.store.write_queue_max,
                     read_connections: config.store.read_connections,
+                    cache_bytes_max: config.store.cache_bytes_max,
                 };
                 let store = SqliteStore::open(&path, options).with_context(|| {
                     format!("cannot open the SQLite store `{}`", path.display())

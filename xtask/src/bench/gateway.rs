@@ -45,6 +45,9 @@ pub struct Settings<'a> {
     pub plugin: Option<&'a Path>,
     /// `metrics.enabled = false` (`--compare-metrics`).
     pub metrics_off: bool,
+    /// A primary address where nothing listens, before the sink (`--failover`): the sink is
+    /// then backup-1, reached once the primary's circuit is open.
+    pub down_primary: Option<&'a str>,
 }
 
 /// The running gateway; killed (SIGKILL) if dropped before [`Gateway::stop`].
@@ -171,7 +174,7 @@ fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
         "accounts": [{
             "id": "default",
             "enabled": true,
-            "addresses": [settings.sink_url],
+            "addresses": settings.down_primary.into_iter().chain([settings.sink_url]).collect::<Vec<_>>(),
             "events": EVENT_TYPES,
         }],
     });

@@ -87,7 +87,7 @@ CREATE INDEX events_by_state ON events (account, type, test, state);
 
 /// Opens the writer connection: WAL, foreign keys, migrations applied, and leases a crash
 /// left behind ended.
-pub(super) fn open_writer(path: &Path) -> Result<Connection> {
+pub(super) fn open_writer(path: &Path, cache_bytes_max: usize) -> Result<Connection> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // The first statement that reads the file: a file that is not a database fails here
@@ -100,6 +100,11 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection> {
         )));
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // A negative cache_size is in KiB; at least SQLite's own minimum of a few pages.
+    let cache_kib = i64::try_from(cache_bytes_max / 1024)
+        .unwrap_or(i64::MAX)
+        .max(64);
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     // FULL until the writer picks per transaction: migrations must reach the disk.
     conn.pragma_update(None, "synchronous", "FULL")?;
     migrate(&mut conn)?;
