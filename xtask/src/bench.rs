@@ -29,6 +29,8 @@ use self::sink::Sink;
 /// Names the gateway binary to bench; set by `cargo xtask bench` on the optimized xtask it
 /// starts, which then skips the build. Set by hand, it benches a binary built elsewhere.
 const GATEWAY_BIN_ENV: &str = "XTASK_BENCH_GATEWAY_BIN";
+/// Issue 9's goal: at half the maximum rate, p99 from 202 to delivery under this.
+const HALF_RATE_P99_MS: f64 = 50.0;
 /// The issue's goal: delivered events/s at least this share of the raw one-per-POST rate.
 const TARGET_RATIO: f64 = 0.5;
 /// The gateway must have delivered every event within this after the first intake POST.
@@ -90,6 +92,10 @@ pub struct Args {
     /// once the primary's circuit is open).
     #[arg(long)]
     failover: bool,
+    /// Also run the gateway with intake paced at half the end-to-end rate the normal run
+    /// reached, and report its latency (target: p99 from 202 to delivery under 50 ms).
+    #[arg(long)]
+    half_rate: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,6 +116,7 @@ struct Plan {
     plugin: Option<PathBuf>,
     compare_metrics: bool,
     failover: bool,
+    half_rate: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -268,6 +275,7 @@ fn plan(args: &Args) -> Result<Plan> {
         },
         compare_metrics: args.compare_metrics,
         failover: args.failover,
+        half_rate: args.half_rate,
     })
 }
 
@@ -327,6 +335,8 @@ struct Results {
     metrics_off: Option<GatewayRows>,
     /// The same run with the primary down and the sink as backup-1 (`--failover`).
     failover: Option<GatewayRows>,
+    /// The same run with intake paced at this rate, half the normal run's (`--half-rate`).
+    half_rate: Option<(f64, GatewayRows)>,
 }
 
 impl Results {
@@ -390,6 +400,22 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
     } else {
         None
     };
+    let half_rate = if plan.half_rate {
+        let rate = gateway.end_to_end.events_per_s / 2.0;
+        eprintln!(
+            "bench: gateway on SQLite, intake paced at {rate:.0} events/s (half the rate above)"
+        );
+        let variant = Variant {
+            rate: Some(rate),
+            ..Variant::default()
+        };
+        Some((
+            rate,
+            through_gateway(plan, payloads, bin, &dir.join("half-rate"), variant).await?,
+        ))
+    } else {
+        None
+    };
     let failover = if plan.failover {
         eprintln!("bench: gateway on SQLite, primary down (connection refused), sink as backup-1");
         let variant = Variant {
@@ -413,6 +439,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         plugin,
         metrics_off,
         failover,
+        half_rate,
     })
 }
 
@@ -479,6 +506,8 @@ struct Variant<'a> {
     metrics_off: bool,
     /// The sink as backup-1 behind a primary where nothing listens.
     primary_down: bool,
+    /// Intake paced at this many events per second instead of as fast as answered.
+    rate: Option<f64>,
 }
 
 async fn through_gateway(
@@ -493,6 +522,7 @@ async fn through_gateway(
         plugin,
         metrics_off,
         primary_down,
+        rate: _,
     } = variant;
     let sink = Sink::start(plan.events).await?;
     let sink_url = sink.url();
@@ -527,6 +557,7 @@ async fn through_gateway(
     let mut load = Some(tokio::spawn({
         let (client, payloads, intake) = (client.clone(), payloads.clone(), intake.clone());
         let clients = plan.clients;
+        let rate = variant.rate;
         async move {
             load::gateway_intake(
                 &client,
@@ -535,6 +566,7 @@ async fn through_gateway(
                 &payloads,
                 clients,
                 &intake,
+                rate,
             )
             .await
         }
@@ -719,6 +751,31 @@ fn print_report(w: &mut String, header: &str, results: &Results) {
     if let Some(failover) = &results.failover {
         print_failover(w, results, failover);
     }
+    if let Some((rate, paced)) = &results.half_rate {
+        print_half_rate(w, *rate, paced);
+    }
+}
+
+/// Latency with intake paced at half the rate the gateway reached.
+fn print_half_rate(w: &mut String, rate: f64, paced: &GatewayRows) {
+    let row = &paced.end_to_end;
+    writeln!(w).unwrap();
+    writeln!(
+        w,
+        "intake paced at {rate:.0} events/s: delivered {:.0}/s, 202 -> delivered p50 {:.2} ms, \
+         p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms   (target p99 < {HALF_RATE_P99_MS} ms: {})",
+        row.events_per_s,
+        row.latency.p50,
+        row.latency.p99,
+        row.latency.p999,
+        row.latency.max,
+        if row.latency.p99 < HALF_RATE_P99_MS {
+            "met"
+        } else {
+            "NOT met"
+        }
+    )
+    .unwrap();
 }
 
 /// The normal run against the one whose primary is down (the sink being backup-1).
@@ -1024,6 +1081,11 @@ fn json_report(
         "metrics_off": results.metrics_off.as_ref().map(|off| serde_json::json!({
             "gateway_end_to_end": row(&off.end_to_end),
             "ratio_on_to_off": results.end_to_end.events_per_s / off.end_to_end.events_per_s,
+        })),
+        "half_rate": results.half_rate.as_ref().map(|(rate, paced)| serde_json::json!({
+            "intake_rate": rate,
+            "gateway_end_to_end": row(&paced.end_to_end),
+            "target_p99_ms": HALF_RATE_P99_MS,
         })),
         "failover": results.failover.as_ref().map(|down| serde_json::json!({
             "gateway_end_to_end": row(&down.end_to_end),

@@ -246,7 +246,9 @@ impl Intake {
     }
 }
 
-/// The gateway run's load: `clients` POST the batches to `/v1/events`.
+/// The gateway run's load: `clients` POST the batches to `/v1/events`, as fast as they are
+/// answered, or (with `rate`, events per second) batch k no earlier than its place in a
+/// steady stream from the start.
 pub async fn gateway_intake(
     client: &HttpClient,
     intake_url: &Uri,
@@ -254,6 +256,7 @@ pub async fn gateway_intake(
     payloads: &Arc<Payloads>,
     clients: usize,
     intake: &Arc<Intake>,
+    rate: Option<f64>,
 ) -> Result<Run> {
     let (client, url, payloads, intake) = (
         client.clone(),
@@ -271,7 +274,11 @@ pub async fn gateway_intake(
             authorization.clone(),
         );
         async move {
-            let (_, count) = payloads.batch_range(k);
+            let (first, count) = payloads.batch_range(k);
+            if let Some(rate) = rate.filter(|rate| *rate > 0.0) {
+                let due = intake.base + Duration::from_secs_f64(first as f64 / rate);
+                tokio::time::sleep_until(due).await;
+            }
             let mut retries = 0;
             loop {
                 let request = Request::builder()
