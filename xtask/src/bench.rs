@@ -7,6 +7,7 @@
 //! gateway's end-to-end rate to the raw one-per-POST rate is the number the issue sets a
 //! target for.
 
+mod backlog;
 mod gateway;
 mod load;
 mod pg;
@@ -92,6 +93,12 @@ pub struct Args {
     /// once the primary's circuit is open).
     #[arg(long)]
     failover: bool,
+    /// Instead of the runs above: the backlog scenario. `--events` are accepted while the only
+    /// receiver is down (each fails once and waits, on disk), then the receiver comes back
+    /// and every failure is replayed: reports the gateway's peak RSS with the backlog held,
+    /// and the time to drain it.
+    #[arg(long)]
+    backlog: bool,
     /// Also run the gateway with intake paced at half the end-to-end rate the normal run
     /// reached, and report its latency (target: p99 from 202 to delivery under 50 ms).
     #[arg(long)]
@@ -180,6 +187,30 @@ fn bench(args: &Args, plan: &Plan, root: &Path, bin: &Path) -> Result<()> {
 
     let machine = machine();
     let commit = commit(root);
+    if args.backlog {
+        eprintln!("bench: generating {} events", plan.events);
+        let payloads = Arc::new(Payloads::generate(plan.events, plan.batch));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        let measured = runtime.block_on(backlog::run(
+            plan.events,
+            plan.clients,
+            plan.delivery_concurrency,
+            &payloads,
+            bin,
+            &dir_path,
+        ))?;
+        drop(runtime);
+        let mut report = String::new();
+        backlog::print(&mut report, &measured, &commit, &machine.model);
+        print!("{report}");
+        if args.record {
+            record(root, &commit, &report)?;
+        }
+        return Ok(());
+    }
     eprintln!("bench: generating {} events", plan.events);
     let payloads = Arc::new(Payloads::generate(plan.events, plan.batch));
 
@@ -544,6 +575,7 @@ async fn through_gateway(
         plugin,
         metrics_off,
         down_primary: down_url.as_deref(),
+        hold_failures: false,
     };
     let client = load::http_client();
     let mut gateway = Gateway::start(bin, dir, &settings, &client).await?;

@@ -48,6 +48,9 @@ pub struct Settings<'a> {
     /// A primary address where nothing listens, before the sink (`--failover`): the sink is
     /// then backup-1, reached once the primary's circuit is open.
     pub down_primary: Option<&'a str>,
+    /// One attempt per event and no recovery round within the run (`--backlog`): with the
+    /// receiver down, every event stays on disk, failed, until it is replayed.
+    pub hold_failures: bool,
 }
 
 /// The running gateway; killed (SIGKILL) if dropped before [`Gateway::stop`].
@@ -161,6 +164,10 @@ impl Gateway {
 /// The config file: loopback, fixed tokens, one account pushing every type to the sink.
 fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
     let mut delivery = serde_json::json!({ "concurrency": settings.delivery_concurrency });
+    if settings.hold_failures {
+        delivery["retries_per_address"] = 0.into();
+        delivery["recovery_schedule"] = serde_json::json!(["1h"]);
+    }
     if let Some(in_flight) = settings.in_flight_per_address {
         delivery["in_flight_per_address_max"] = in_flight.into();
     }
@@ -178,6 +185,10 @@ fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
             "events": EVENT_TYPES,
         }],
     });
+    if settings.hold_failures {
+        // One WARN per failed event is the gateway's duty, and a million of them the log's.
+        config["log"] = serde_json::json!({ "level": "error" });
+    }
     if let Some(url) = settings.store_url {
         config["store"] = serde_json::json!({ "url": url });
     }

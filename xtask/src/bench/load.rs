@@ -329,7 +329,7 @@ pub async fn gateway_intake(
 }
 
 /// Sends `request`; its status, headers, body and round trip (until the body was read).
-async fn send(
+pub async fn send(
     client: &HttpClient,
     request: Request<Full<Bytes>>,
     timeout: Duration,

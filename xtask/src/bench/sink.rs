@@ -125,9 +125,14 @@ pub struct Sink {
 impl Sink {
     /// Starts a sink for events `bench-0` to `bench-<events - 1>` on the current runtime.
     pub async fn start(events: usize) -> Result<Sink> {
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        Sink::start_at(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), events).await
+    }
+
+    /// The same on `addr` (a receiver coming back on the port it had).
+    pub async fn start_at(addr: SocketAddr, events: usize) -> Result<Sink> {
+        let listener = TcpListener::bind(addr)
             .await
-            .context("sink: cannot bind 127.0.0.1:0")?;
+            .with_context(|| format!("sink: cannot bind {addr}"))?;
         let addr = listener.local_addr().context("sink: no local address")?;
         let arrivals = Arc::new(Arrivals::new(Instant::now(), events));
         let server = tokio::spawn(serve(listener, arrivals.clone()));
