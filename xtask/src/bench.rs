@@ -10,7 +10,6 @@
 mod backlog;
 mod gateway;
 mod load;
-mod pg;
 mod plugin;
 mod sink;
 
@@ -141,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
         "--bin",
         "mailhook",
     ]))?;
-    let release = gateway::target_dir(&root)?.join("release");
+    let release = crate::target_dir(&root)?.join("release");
     let bin = release.join("mailhook");
     ensure!(
         bin.is_file(),
@@ -392,7 +391,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
     let postgres = match plan.store {
         StoreArg::Sqlite => None,
         StoreArg::Postgres => {
-            let db = pg::BenchDatabase::create().await?;
+            let db = crate::pgdb::TempDatabase::create("bench", "MAILHOOK_BENCH_PG").await?;
             eprintln!("bench: gateway on PostgreSQL");
             let variant = Variant {
                 store_url: Some(&db.url),

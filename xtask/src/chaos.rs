@@ -35,6 +35,11 @@ use tokio::time::Instant;
 
 use sink::{Behaviour, Sink, mix};
 
+use crate::pgdb::TempDatabase;
+
+/// The PostgreSQL server of chaos and soak runs (default: the local one).
+pub(crate) const TEST_PG_ENV: &str = "MAILHOOK_TEST_PG";
+
 const INTAKE_TOKEN: &str = "chaos-intake-token-0123456789";
 const ADMIN_TOKEN: &str = "chaos-admin-token-0123456789";
 const EVENT_TYPES: [&str; 6] = ["send", "delivery", "open", "click", "bounce", "complaint"];
@@ -160,7 +165,7 @@ pub(crate) fn build(root: &Path, release: bool) -> Result<PathBuf> {
     }
     crate::run(&mut build)?;
     let profile = if release { "release" } else { "debug" };
-    let bin = target_dir(root)?.join(profile).join("mailhook");
+    let bin = crate::target_dir(root)?.join(profile).join("mailhook");
     ensure!(
         bin.is_file(),
         "{} is missing after the build",
@@ -250,7 +255,7 @@ async fn chaos(args: &Args, bin: &Path) -> Result<Report> {
         .context("cannot create a temp dir")?;
     let database = match args.store {
         StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(pg::ChaosDatabase::create().await?),
+        StoreKind::Postgres => Some(TempDatabase::create("chaos", TEST_PG_ENV).await?),
     };
     let primary = Sink::start(Behaviour::Flaky, seed).await?;
     let backup = Sink::start(Behaviour::Steady, seed).await?;
@@ -384,26 +389,6 @@ async fn chaos(args: &Args, bin: &Path) -> Result<Report> {
         requests: primary.deliveries.requests() + backup.deliveries.requests(),
         drain,
     })
-}
-
-/// Where cargo puts build outputs (`CARGO_TARGET_DIR`, `build.target-dir`, or `target/`).
-pub(crate) fn target_dir(root: &Path) -> Result<PathBuf> {
-    let output = crate::cargo(root)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo metadata")?;
-    ensure!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        output.status
-    );
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("cargo metadata printed no JSON")?;
-    let dir = metadata["target_directory"]
-        .as_str()
-        .context("cargo metadata has no target_directory")?;
-    Ok(PathBuf::from(dir))
 }
 
 fn event_id(i: usize) -> String {
@@ -717,66 +702,5 @@ impl GatewayProcess {
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-pub(crate) mod pg {
-    //! A fresh PostgreSQL database for a chaos run, dropped after it.
-
-    use anyhow::{Context, Result};
-    use tokio_postgres::NoTls;
-
-    const SERVER_ENV: &str = "MAILHOOK_TEST_PG";
-    const SERVER_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432";
-
-    pub struct ChaosDatabase {
-        name: String,
-        pub url: String,
-    }
-
-    fn server() -> String {
-        std::env::var(SERVER_ENV)
-            .unwrap_or_else(|_| SERVER_DEFAULT.to_owned())
-            .trim_end_matches('/')
-            .to_owned()
-    }
-
-    async fn admin() -> Result<tokio_postgres::Client> {
-        let url = format!("{}/postgres", server());
-        let (client, connection) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .with_context(|| format!("cannot reach PostgreSQL at {url} (set {SERVER_ENV})"))?;
-        tokio::spawn(connection);
-        Ok(client)
-    }
-
-    impl ChaosDatabase {
-        pub async fn create() -> Result<ChaosDatabase> {
-            let name = format!("mailhook_chaos_{}", std::process::id());
-            let admin = admin().await?;
-            // Two statements: DROP and CREATE DATABASE cannot share a transaction.
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await?;
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await
-                .with_context(|| format!("cannot create the chaos database {name}"))?;
-            Ok(ChaosDatabase {
-                url: format!("{}/{name}", server()),
-                name,
-            })
-        }
-
-        pub async fn drop_database(self) -> Result<()> {
-            admin()
-                .await?
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-                .await?;
-            Ok(())
-        }
     }
 }

@@ -4,6 +4,7 @@ mod bench;
 mod browser;
 mod chaos;
 mod fuzz;
+mod pgdb;
 mod plugins;
 mod schemathesis;
 mod simulate;
@@ -254,6 +255,25 @@ fn show(command: &Command) -> String {
         )
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Where cargo puts build outputs (`CARGO_TARGET_DIR`, `build.target-dir`, or `target/`),
+/// as cargo itself reports it.
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    let output = cargo(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed: {}", output.status);
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata printed no JSON")?;
+    let dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
 }
 
 fn workspace_root() -> PathBuf {

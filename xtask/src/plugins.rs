@@ -16,7 +16,7 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 /// Builds every plugin; returns the directory holding the `.wasm` files.
 pub fn build(root: &Path) -> Result<PathBuf> {
     ensure_target()?;
-    let target_dir = host_target_dir(root)?.join("plugins");
+    let target_dir = crate::target_dir(root)?.join("plugins");
     crate::run(
         crate::cargo(&root.join("plugins"))
             .args(["build", "--release", "--target", WASM_TARGET])
@@ -29,7 +29,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
 
 /// The plugins' own unit tests, on this machine (the SDK stands in for the host there).
 pub fn unit_tests(root: &Path, tally: &mut crate::tally::Tally) -> Result<()> {
-    let target_dir = host_target_dir(root)?.join("plugins");
+    let target_dir = crate::target_dir(root)?.join("plugins");
     crate::tally::run_counted(
         crate::cargo(&root.join("plugins"))
             .args(["test", "--workspace"])
@@ -42,7 +42,7 @@ pub fn unit_tests(root: &Path, tally: &mut crate::tally::Tally) -> Result<()> {
 /// they are built for and the host their tests run on.
 pub fn lint(root: &Path) -> Result<()> {
     ensure_target()?;
-    let target_dir = host_target_dir(root)?.join("plugins");
+    let target_dir = crate::target_dir(root)?.join("plugins");
     let plugins = root.join("plugins");
     crate::run(crate::cargo(&plugins).args(["fmt", "--all", "--", "--check"]))?;
     for target in [None, Some(WASM_TARGET)] {
@@ -79,23 +79,4 @@ fn ensure_target() -> Result<()> {
         return Ok(());
     }
     crate::run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
-}
-
-/// The host workspace's target dir (`CARGO_TARGET_DIR` or `build.target-dir` respected), as
-/// cargo itself reports it.
-fn host_target_dir(root: &Path) -> Result<PathBuf> {
-    let output = crate::cargo(root)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo metadata")?;
-    if !output.status.success() {
-        bail!("cargo metadata failed: {}", output.status);
-    }
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("cargo metadata printed no JSON")?;
-    let dir = metadata["target_directory"]
-        .as_str()
-        .context("cargo metadata has no target_directory")?;
-    Ok(PathBuf::from(dir))
 }

@@ -44,9 +44,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     );
     ensure_installed()?;
     crate::run(crate::cargo(root).args(["build", "-p", "mailhook", "--bin", "mailhook"]))?;
-    let bin = crate::chaos::target_dir(root)?
-        .join("debug")
-        .join("mailhook");
+    let bin = crate::target_dir(root)?.join("debug").join("mailhook");
     let dir = tempfile::Builder::new()
         .prefix("mailhook-schemathesis-")
         .tempdir()?;

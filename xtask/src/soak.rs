@@ -14,7 +14,8 @@ use hyper::Request;
 use tokio::time::Instant;
 
 use crate::chaos::sink::{Behaviour, Sink};
-use crate::chaos::{GatewayProcess, StoreKind, http_client, pg, send_all};
+use crate::chaos::{GatewayProcess, StoreKind, TEST_PG_ENV, http_client, send_all};
+use crate::pgdb::TempDatabase;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -73,7 +74,7 @@ async fn soak(args: &Args, bin: &std::path::Path) -> Result<()> {
         .tempdir()?;
     let database = match args.store {
         StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(pg::ChaosDatabase::create().await?),
+        StoreKind::Postgres => Some(TempDatabase::create("soak", TEST_PG_ENV).await?),
     };
     let primary = Sink::start(Behaviour::Flaky, 1).await?;
     let backup = Sink::start(Behaviour::Steady, 1).await?;
