@@ -102,7 +102,29 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             .arg("-max_len=65536")
             .arg("-print_final_stats=1")
             .arg(format!("-artifact_prefix={}/", target_artifacts.display()));
-        if crate::run(&mut fuzz).is_err() {
+        // libFuzzer reports every new input (thousands of lines): that goes to a log file,
+        // and the log shows its final statistics, or its end when the target failed.
+        let log_path = corpus.path().with_extension("log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        eprintln!("$ {:?} (output in {})", fuzz, log_path.display());
+        let status = fuzz
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = output.lines().collect();
+        if status.success() {
+            for line in lines.iter().filter(|l| is_final_stat(l)) {
+                eprintln!("{target}: {line}");
+            }
+            // Kept only for a failing run, where it is named in the error.
+            let _ = std::fs::remove_file(&log_path);
+        } else {
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{target}: {line}");
+            }
             crashed.push(target.clone());
         }
     }
@@ -116,6 +138,11 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// libFuzzer's closing lines: how many inputs ran, how fast, and the peak memory.
+fn is_final_stat(line: &str) -> bool {
+    line.starts_with("Done ") || line.starts_with("stat::")
 }
 
 /// The fuzz build's own target dir beside the main one, so its instrumented artifacts

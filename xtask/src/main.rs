@@ -135,26 +135,27 @@ fn test_counted(root: &Path, args: &TestArgs, tally: &mut Tally) -> Result<()> {
     if !nextest {
         eprintln!("xtask: cargo-nextest not found, using cargo test");
     }
-    // Pass 1: every test of the workspace; end-to-end gateways on the embedded SQLite store.
-    // The PostgreSQL store's own tests and the multi-node tests (`tests/cluster`) run here too.
-    let mut all = test_command(root, nextest, &["--workspace"]);
-    all.args(&args.args);
-    let first = tally::run_counted(&mut all, tally);
-    // Pass 2: the same end-to-end suite (`tests/it`) again, every gateway on a fresh
-    // PostgreSQL database of the local server (see `mailhook_test_support::STORE_ENV`).
-    let mut on_postgres = test_command(root, nextest, &["-p", "mailhook-tests", "--test", "it"]);
-    on_postgres.env("MAILHOOK_TEST_STORE", "postgres");
-    on_postgres.args(&args.args);
-    let second = tally::run_counted(&mut on_postgres, tally);
-    // Reliability (issue 8), when the whole suite runs: short kill -9 loops on both stores,
-    // every fuzz target, and Schemathesis on the live API; each bounded in time.
+    // Reliability (issue 8) first, when the whole suite runs: short kill -9 loops on both
+    // stores, every fuzz target, and Schemathesis on the live API; each bounded in time. They
+    // run before the test passes so that the log ends with the test runner's own summary.
     let reliability = if args.args.is_empty() {
         reliability(root, tally)
     } else {
         Ok(())
     };
-    first.context("the test pass on SQLite failed")?;
-    second.context("the end-to-end pass on PostgreSQL failed")?;
+    // The end-to-end suite (`tests/it`) with every gateway on a fresh PostgreSQL database of
+    // the local server (see `mailhook_test_support::STORE_ENV`).
+    let mut on_postgres = test_command(root, nextest, &["-p", "mailhook-tests", "--test", "it"]);
+    on_postgres.env("MAILHOOK_TEST_STORE", "postgres");
+    on_postgres.args(&args.args);
+    let on_postgres = tally::run_counted(&mut on_postgres, tally);
+    // Last, every test of the workspace; end-to-end gateways on the embedded SQLite store.
+    // The PostgreSQL store's own tests and the multi-node tests (`tests/cluster`) run here too.
+    let mut all = test_command(root, nextest, &["--workspace"]);
+    all.args(&args.args);
+    let all = tally::run_counted(&mut all, tally);
+    all.context("the test pass on SQLite failed")?;
+    on_postgres.context("the end-to-end pass on PostgreSQL failed")?;
     reliability
 }
 

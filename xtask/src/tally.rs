@@ -1,9 +1,9 @@
 //! Counting what the test runners ran, so `cargo xtask test` can close on one plain line
 //! (`tests: N passed, N failed, N skipped`) that covers every pass and every reliability step.
 //!
-//! Why: the suite ends with fuzzing and Schemathesis, whose last lines say nothing about the
-//! tests that ran before them; a reader (or CI) looking at the end of the log must still see
-//! how many tests ran and how many failed.
+//! Why: the suite has several runners (nextest twice, the plugins' `cargo test`, chaos,
+//! fuzzing, Schemathesis), each with its own summary; a reader (or CI) looking at the end of
+//! the log must see in one line how many tests ran in all and how many failed.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
