@@ -379,3 +379,33 @@ async fn retry_after_on_429_is_honoured() {
     );
     wait_state(&gw.api, "default", "slow-down", "delivered").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_intake_only_node_stores_events_and_a_delivering_node_pushes_them() {
+    let mut gw = TestGateway::start(|c| c.delivery.enabled = false).await;
+    let primary = Receiver::start().await;
+    configure(&gw.api, "acme", &[&primary], &["delivery"]).await;
+    post(
+        &gw.api,
+        json!({
+            "type": "delivery", "msg_id": "held", "account": "acme",
+            "event_id": "evt-held", "timestamp": "2026-11-27T12:00:00Z",
+            "email": {"to": "b@y.example"}, "status": {"smtp_code": 250}
+        }),
+    )
+    .await;
+    // Well past the idle poll (1 s): a delivering node would have pushed it by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        primary.requests().is_empty(),
+        "a node with delivery.enabled = false pushed an event"
+    );
+    let held = gw.api.message("acme", "held").await.json();
+    assert_eq!(held["events"][0]["state"], "pending", "{held:#}");
+
+    // The same store with delivery on (another node, or this one reconfigured) pushes it.
+    gw.restart(|_| {}).await;
+    let got = primary.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-id"), Some("evt-held"));
+    wait_state(&gw.api, "acme", "held", "delivered").await;
+}

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
+    /// Whether this node delivers. `false` makes an intake-only node: events are accepted
+    /// and stored, and nodes with delivery on (sharing the PostgreSQL store) push them.
+    pub enabled: bool,
     /// Retries after the first attempt on each address (seed: 3, so 4 attempts).
     pub retries_per_address: u32,
     /// Delay before retry 1, 2, 3 on the same address; the last one repeats.
@@ -65,6 +68,7 @@ impl Default for DeliveryConfig {
         let retry = RetryPolicy::default();
         let breaker = BreakerPolicy::default();
         DeliveryConfig {
+            enabled: true,
             retries_per_address: retry.retries_per_address,
             retry_backoff: retry.retry_backoff,
             attempt_timeout: Duration::from_secs(10),

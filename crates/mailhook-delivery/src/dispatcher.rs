@@ -213,6 +213,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// bus, or `idle_poll`, whichever comes first. Returns the tasks still running at stop.
 async fn run_claims(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
+    if !inner.config.enabled {
+        tracing::info!(
+            "delivery is off on this node (delivery.enabled = false): events are accepted and stored, and pushed by a node with delivery on"
+        );
+        while !*stopped.borrow() {
+            if stopped.changed().await.is_err() {
+                break;
+            }
+        }
+        return tasks;
+    }
     let lease_ms = inner.config.lease.as_millis() as i64;
     loop {
         while tasks.try_join_next().is_some() {}
