@@ -9,6 +9,7 @@
 
 mod backlog;
 mod gateway;
+mod intake;
 mod load;
 mod plugin;
 mod sink;
@@ -102,6 +103,11 @@ pub struct Args {
     /// reached, and report its latency (target: p99 from 202 to delivery under 50 ms).
     #[arg(long)]
     half_rate: bool,
+    /// Instead of the runs above: batched intake alone. The gateway runs with
+    /// `delivery.enabled = false` and the report sets its accepted events/s next to the raw
+    /// batched POSTs of the same run (target: 150,000 events/s).
+    #[arg(long, conflicts_with = "backlog")]
+    intake_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -212,6 +218,35 @@ fn bench(args: &Args, plan: &Plan, root: &Path, bin: &Path) -> Result<()> {
     }
     eprintln!("bench: generating {} events", plan.events);
     let payloads = Arc::new(Payloads::generate(plan.events, plan.batch));
+    if args.intake_only {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        let measured = runtime.block_on(intake::run(plan, &payloads, bin, &dir_path))?;
+        drop(runtime);
+        let header = format!(
+            "mailhook bench --intake-only: {} events ({} B each), batches of {}, {} clients, \
+             {} CPUs ({}), load {}, commit {}",
+            plan.events,
+            payloads.mean_event_bytes(),
+            plan.batch,
+            plan.clients,
+            machine.cpus,
+            machine.model,
+            machine
+                .load_1m
+                .map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}")),
+            commit,
+        );
+        let mut report = String::new();
+        intake::print(&mut report, &header, &measured);
+        print!("{report}");
+        if args.record {
+            record(root, &commit, &report)?;
+        }
+        return Ok(());
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -575,6 +610,7 @@ async fn through_gateway(
         metrics_off,
         down_primary: down_url.as_deref(),
         hold_failures: false,
+        delivery_off: false,
     };
     let client = load::http_client();
     let mut gateway = Gateway::start(bin, dir, &settings, &client).await?;

@@ -78,6 +78,7 @@ pub async fn run(
         plugin: None,
         metrics_off: false,
         down_primary: None,
+        delivery_off: false,
         hold_failures: true,
     };
     let client = load::http_client();

@@ -51,6 +51,8 @@ pub struct Settings<'a> {
     /// One attempt per event and no recovery round within the run (`--backlog`): with the
     /// receiver down, every event stays on disk, failed, until it is replayed.
     pub hold_failures: bool,
+    /// `delivery.enabled = false` (`--intake-only`): the gateway only accepts.
+    pub delivery_off: bool,
 }
 
 /// The running gateway; killed (SIGKILL) if dropped before [`Gateway::stop`].
@@ -168,6 +170,9 @@ fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
         delivery["retries_per_address"] = 0.into();
         delivery["recovery_schedule"] = serde_json::json!(["1h"]);
     }
+    if settings.delivery_off {
+        delivery["enabled"] = false.into();
+    }
     if let Some(in_flight) = settings.in_flight_per_address {
         delivery["in_flight_per_address_max"] = in_flight.into();
     }
@@ -200,6 +205,30 @@ fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
     }
     // The toml crate escapes paths and places tables after plain keys, as TOML requires.
     Ok(toml::to_string(&config)?)
+}
+
+/// Events the gateway at `addr` counts as accepted (`mailhook_intake_events_total`, every
+/// type), from its `/metrics`.
+pub async fn accepted_events(client: &HttpClient, addr: SocketAddr) -> Result<usize> {
+    use http_body_util::BodyExt as _;
+    let uri: hyper::Uri = format!("http://{addr}/metrics").parse()?;
+    let response = client
+        .request(Request::get(uri).body(Full::new(Bytes::new()))?)
+        .await
+        .context("cannot scrape the gateway's /metrics")?;
+    let body = response.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let mut total = 0.0;
+    for line in text.lines() {
+        let series = line.split([' ', '{']).next().unwrap_or_default();
+        if series == "mailhook_intake_events_total" {
+            let value = line.rsplit_once(' ').map_or("", |(_, v)| v);
+            total += value
+                .parse::<f64>()
+                .with_context(|| format!("a sample that is not a number in /metrics: {line}"))?;
+        }
+    }
+    Ok(total as usize)
 }
 
 /// A port that was free a moment ago (the gateway binds it right after).
