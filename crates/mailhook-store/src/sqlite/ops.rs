@@ -121,8 +121,20 @@ pub(super) struct Claim {
 
 /// The two claim lanes, as the SQL that selects each one's due events. Each matches the
 /// predicate of its partial index exactly, so SQLite walks that index in due order.
-const FIRST_ATTEMPTS: &str = "due_at_ms IS NOT NULL AND attempts = 0";
+pub(super) const FIRST_ATTEMPTS: &str = "due_at_ms IS NOT NULL AND attempts = 0";
 const RETRIES: &str = "due_at_ms IS NOT NULL AND attempts > 0";
+
+/// The claim of one lane: `?1` the lease's end, `?2` now, `?3` the limit.
+pub(super) fn claim_sql(lane: &str) -> String {
+    format!(
+        "UPDATE events SET leased = 1, lease_token = lease_token + 1, due_at_ms = ?1
+         WHERE id IN (SELECT id FROM events
+                      WHERE {lane} AND due_at_ms <= ?2
+                      ORDER BY due_at_ms, id LIMIT ?3)
+         RETURNING id, account, event_id, msg_id, type, test, body, addr_index,
+             addr_tries, round, attempts, accepted_at_ms, lease_token"
+    )
+}
 
 impl Claim {
     /// Leases up to `limit` due events of one lane, oldest due first.
@@ -141,14 +153,7 @@ impl Claim {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // A lease is a due time in the future: claimed events are skipped until it passes,
         // and come back by themselves if the claimant never completes them.
-        let mut claim = conn.prepare_cached(&format!(
-            "UPDATE events SET leased = 1, lease_token = lease_token + 1, due_at_ms = ?1
-             WHERE id IN (SELECT id FROM events
-                          WHERE {lane} AND due_at_ms <= ?2
-                          ORDER BY due_at_ms, id LIMIT ?3)
-             RETURNING id, account, event_id, msg_id, type, test, body, addr_index,
-                 addr_tries, round, attempts, accepted_at_ms, lease_token"
-        ))?;
+        let mut claim = conn.prepare_cached(&claim_sql(lane))?;
         let mut claimed = claim.query(params![lease_until_ms, self.now_ms, limit])?;
         while let Some(row) = claimed.next()? {
             match rows::job(row) {

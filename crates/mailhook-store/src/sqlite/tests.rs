@@ -625,6 +625,36 @@ async fn failures_lists_failed_and_dead_newest_first_up_to_the_limit() {
     );
 }
 
+#[test]
+fn a_claim_is_compiled_once_whatever_limit_and_time_it_is_given() {
+    let dir = TempDir::new().unwrap();
+    let conn = schema::open_writer(&dir.path().join("mailhook.db"), 1 << 20).unwrap();
+    let events = (0..8)
+        .map(|i| event("default", &format!("e{i}"), "m", i))
+        .collect();
+    ops::Insert { events }.apply(&conn).unwrap();
+    // Each claim binds another limit and another "now", as the dispatcher's do.
+    for (i, limit) in [1, 2, 3, 1].into_iter().enumerate() {
+        let jobs = ops::Claim {
+            now_ms: later() + i as i64,
+            limit,
+            lease_ms: 60_000,
+            retry_share: 0,
+        }
+        .apply(&conn)
+        .unwrap();
+        assert_eq!(jobs.len(), limit);
+    }
+    let claim = conn
+        .prepare_cached(&ops::claim_sql(ops::FIRST_ATTEMPTS))
+        .unwrap();
+    assert_eq!(
+        claim.get_status(rusqlite::StatementStatus::RePrepare),
+        0,
+        "the claim statement was compiled again after a binding changed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn group_commit_shares_transactions_between_concurrent_inserts() {
     let dir = TempDir::new().unwrap();
