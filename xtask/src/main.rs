@@ -277,8 +277,16 @@ fn target_dir(root: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
+/// The workspace this xtask was started from: `cargo xtask` (a `cargo run` alias) sets
+/// `CARGO_MANIFEST_DIR` at run time, and the bench's re-executed release xtask inherits it.
+/// Why not only the compile-time value: clones that share one `CARGO_TARGET_DIR` share one
+/// xtask binary, which cargo may have built from another clone (a bench `--record` once
+/// appended to that clone's docs).
 fn workspace_root() -> PathBuf {
-    let xtask_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let xtask_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     xtask_dir
         .parent()
         .expect("xtask lives one level below the workspace root")
