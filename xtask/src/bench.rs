@@ -192,73 +192,40 @@ fn bench(args: &Args, plan: &Plan, root: &Path, bin: &Path) -> Result<()> {
 
     let machine = machine();
     let commit = commit(root);
+    eprintln!("bench: generating {} events", plan.events);
+    let payloads = Arc::new(Payloads::generate(plan.events, plan.batch));
     if args.backlog {
-        eprintln!("bench: generating {} events", plan.events);
-        let payloads = Arc::new(Payloads::generate(plan.events, plan.batch));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the tokio runtime")?;
-        let measured = runtime.block_on(backlog::run(
+        let measured = block_on(backlog::run(
             plan.events,
             plan.clients,
             plan.delivery_concurrency,
             &payloads,
             bin,
             &dir_path,
-        ))?;
-        drop(runtime);
+        ))??;
         let mut report = String::new();
         backlog::print(&mut report, &measured, &commit, &machine.model);
-        print!("{report}");
-        if args.record {
-            record(root, &commit, &report)?;
-        }
-        return Ok(());
+        return publish(args, root, &commit, &report);
     }
-    eprintln!("bench: generating {} events", plan.events);
-    let payloads = Arc::new(Payloads::generate(plan.events, plan.batch));
     if args.intake_only {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the tokio runtime")?;
-        let measured = runtime.block_on(intake::run(plan, &payloads, bin, &dir_path))?;
-        drop(runtime);
+        let measured = block_on(intake::run(plan, &payloads, bin, &dir_path))??;
         let header = format!(
-            "mailhook bench --intake-only: {} events ({} B each), batches of {}, {} clients, \
-             {} CPUs ({}), load {}, commit {}",
+            "mailhook bench --intake-only: {} events ({} B each), batches of {}, {} clients, {}",
             plan.events,
             payloads.mean_event_bytes(),
             plan.batch,
             plan.clients,
-            machine.cpus,
-            machine.model,
-            machine
-                .load_1m
-                .map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}")),
-            commit,
+            machine.describe(&commit),
         );
         let mut report = String::new();
         intake::print(&mut report, &header, &measured);
-        print!("{report}");
-        if args.record {
-            record(root, &commit, &report)?;
-        }
-        return Ok(());
+        return publish(args, root, &commit, &report);
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let results = runtime.block_on(measure(plan, &payloads, bin, &dir_path))?;
-    // Connection tasks of the sinks and clients end with the runtime.
-    drop(runtime);
-
+    let results = block_on(measure(plan, &payloads, bin, &dir_path))??;
     let header = format!(
         "mailhook bench: {} events ({} B each), batches of {}, {} clients, delivery concurrency {}, \
-         in-flight per address {}, {} CPUs ({}), load {}, commit {}",
+         in-flight per address {}, {}",
         plan.events,
         payloads.mean_event_bytes(),
         plan.batch,
@@ -266,19 +233,11 @@ fn bench(args: &Args, plan: &Plan, root: &Path, bin: &Path) -> Result<()> {
         plan.delivery_concurrency,
         plan.in_flight_per_address
             .map_or_else(|| "gateway default".to_owned(), |k| k.to_string()),
-        machine.cpus,
-        machine.model,
-        machine
-            .load_1m
-            .map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}")),
-        commit,
+        machine.describe(&commit),
     );
     let mut report = String::new();
     print_report(&mut report, &header, &results);
-    print!("{report}");
-    if args.record {
-        record(root, &commit, &report)?;
-    }
+    publish(args, root, &commit, &report)?;
     if let Some(path) = &args.json {
         let json = json_report(
             plan,
@@ -290,6 +249,25 @@ fn bench(args: &Args, plan: &Plan, root: &Path, bin: &Path) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs `future` on a fresh multi-threaded runtime, dropped before returning so that the
+/// connection tasks of the sinks and clients end with it.
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    Ok(runtime.block_on(future))
+}
+
+/// Prints a report, and appends it to `docs/benchmarks.md` with `--record`.
+fn publish(args: &Args, root: &Path, commit: &str, report: &str) -> Result<()> {
+    print!("{report}");
+    if args.record {
+        record(root, commit, report)?;
     }
     Ok(())
 }
@@ -1162,6 +1140,19 @@ struct Machine {
     /// The 1-minute load average when the bench started: other work on the machine skews
     /// every number, and this shows it.
     load_1m: Option<f64>,
+}
+
+impl Machine {
+    /// The end of a report's header: `2 CPUs (model), load 0.12, commit abc1234`.
+    fn describe(&self, commit: &str) -> String {
+        format!(
+            "{} CPUs ({}), load {}, commit {commit}",
+            self.cpus,
+            self.model,
+            self.load_1m
+                .map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}")),
+        )
+    }
 }
 
 fn machine() -> Machine {

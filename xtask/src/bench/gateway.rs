@@ -207,9 +207,8 @@ fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
     Ok(toml::to_string(&config)?)
 }
 
-/// Events the gateway at `addr` counts as accepted (`mailhook_intake_events_total`, every
-/// type), from its `/metrics`.
-pub async fn accepted_events(client: &HttpClient, addr: SocketAddr) -> Result<usize> {
+/// The gateway's `/metrics` exposition text.
+pub async fn metrics_text(client: &HttpClient, addr: SocketAddr) -> Result<String> {
     use http_body_util::BodyExt as _;
     let uri: hyper::Uri = format!("http://{addr}/metrics").parse()?;
     let response = client
@@ -217,7 +216,13 @@ pub async fn accepted_events(client: &HttpClient, addr: SocketAddr) -> Result<us
         .await
         .context("cannot scrape the gateway's /metrics")?;
     let body = response.into_body().collect().await?.to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Events the gateway at `addr` counts as accepted (`mailhook_intake_events_total`, every
+/// type), from its `/metrics`.
+pub async fn accepted_events(client: &HttpClient, addr: SocketAddr) -> Result<usize> {
+    let text = metrics_text(client, addr).await?;
     let mut total = 0.0;
     for line in text.lines() {
         let series = line.split([' ', '{']).next().unwrap_or_default();

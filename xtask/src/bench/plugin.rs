@@ -5,9 +5,6 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
 
 use super::load::HttpClient;
 
@@ -38,15 +35,9 @@ pub struct Calls {
     pub p99_us: f64,
 }
 
-/// Scrapes `/metrics` of the gateway at `addr`.
+/// The plugin's calls, from the `/metrics` of the gateway at `addr`.
 pub async fn scrape(client: &HttpClient, addr: std::net::SocketAddr) -> Result<Calls> {
-    let uri: hyper::Uri = format!("http://{addr}/metrics").parse()?;
-    let response = client
-        .request(Request::get(uri).body(Full::new(Bytes::new()))?)
-        .await
-        .context("cannot scrape the gateway's /metrics")?;
-    let body = response.into_body().collect().await?.to_bytes();
-    parse(&String::from_utf8_lossy(&body))
+    parse(&super::gateway::metrics_text(client, addr).await?)
 }
 
 fn parse(text: &str) -> Result<Calls> {
