@@ -9,6 +9,7 @@
 //! a completion or a release only means an event is delivered again, which at-least-once
 //! delivery allows.
 
+mod leases;
 mod ops;
 mod reads;
 mod rows;
@@ -32,8 +33,8 @@ use rusqlite::ffi::ErrorCode;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
-    Completion, Error, EventRecord, InsertOutcome, Job, Lease, NewEvent, QueueStats, Result, Stats,
-    Store, StoredSettings, lanes,
+    Completion, Error, EventRecord, InsertLease, InsertOutcome, Job, Lease, NewEvent, QueueStats,
+    Result, Stats, Store, StoredSettings, lanes,
 };
 use ops::Op;
 use writer::{Msg, Request, Writer};
@@ -316,6 +317,17 @@ impl Store for SqliteStore {
         self.write(ops::Insert { events }).await
     }
 
+    async fn insert_events_leased(
+        &self,
+        events: Vec<NewEvent>,
+        lease: InsertLease,
+    ) -> Result<(InsertOutcome, Vec<Job>)> {
+        if lease.count == 0 || events.is_empty() {
+            return Ok((self.insert_events(events).await?, Vec::new()));
+        }
+        self.write(ops::InsertLeased { events, lease }).await
+    }
+
     async fn claim_due(&self, now_ms: i64, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {
         if limit == 0 {
             self.check_open()?;
@@ -358,7 +370,8 @@ impl Store for SqliteStore {
     }
 
     async fn next_due_at(&self) -> Result<Option<i64>> {
-        self.read(reads::next_due_at).await
+        // On the writer thread: only it knows which events are claimed.
+        self.write(ops::NextDueAt { now_ms: now_ms() }).await
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {

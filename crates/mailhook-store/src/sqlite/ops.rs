@@ -1,11 +1,18 @@
 //! The write operations the writer thread runs, each inside a (shared) transaction.
 
+use std::sync::Arc;
+
+use mailhook_core::chain::ChainPos;
 use mailhook_core::signature::Secret;
 use mailhook_core::{AccountId, WebhookSettings};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::leases::Leases;
 use super::{now_ms, rows};
-use crate::{Completion, EventState, InsertOutcome, Job, Lease, NewEvent, Result, StoredSettings};
+use crate::{
+    Completion, EventState, InsertLease, InsertOutcome, Job, Lease, NewEvent, Result,
+    StoredSettings,
+};
 
 /// One kind of write. `apply` runs inside a transaction the writer may share with other
 /// requests, so it must not begin or commit one itself.
@@ -22,7 +29,8 @@ pub(super) trait Op: Send + 'static {
         1
     }
 
-    fn apply(&self, conn: &Connection) -> Result<Self::Output>;
+    /// `leases` is the writer's table of held claims (`leases.rs`).
+    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Self::Output>;
 }
 
 /// Whether an event of this (account, MsgId, type) is stored already: the exact "first open
@@ -46,69 +54,123 @@ impl Op for Insert {
         self.events.len()
     }
 
-    fn apply(&self, conn: &Connection) -> Result<InsertOutcome> {
-        // Conflicts count as duplicates; that covers an event stored earlier, one repeated
-        // in this batch, and one inserted by another request of the same group.
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO events (account, event_id, msg_id, type, timestamp_ms, accepted_at_ms,
-                 test, body, state, due_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?6)
-             ON CONFLICT (account, event_id) DO NOTHING",
-        )?;
-        // The single writer makes "no earlier open of this MsgId" exact: nothing else writes
-        // between this look and the insert.
-        let mut seen_before = conn.prepare_cached(SEEN_BEFORE)?;
-        let accepted_at_ms = now_ms();
-        let n = self.events.len();
-        let mut outcome = InsertOutcome {
-            accepted: 0,
-            duplicates: 0,
-            event_ids: Vec::with_capacity(n),
-            stored: Vec::with_capacity(n),
-            unique: Vec::with_capacity(n),
+    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<InsertOutcome> {
+        let no_lease = InsertLease {
+            count: 0,
+            lease_ms: 0,
         };
-        for NewEvent { event, body } in &self.events {
-            let mut unique = false;
-            let mut unique_body = None;
-            if event.is_engagement() && !event.test {
-                let key = params![
-                    event.account.as_str(),
-                    event.msg_id.as_str(),
-                    event.event_type.as_str()
-                ];
-                unique = !seen_before.query_row(key, |row| row.get::<_, bool>(0))?;
-                if unique {
-                    // Only the first open/click of a MsgId is rendered again; every other
-                    // event keeps the bytes intake rendered.
-                    let mut first = event.clone();
-                    if let Some(engagement) = first.engagement.as_mut() {
-                        engagement.unique = true;
-                    }
-                    unique_body = Some(first.render_payload());
-                }
-            }
-            let inserted = insert.execute(params![
-                event.account.as_str(),
-                event.event_id.as_str(),
-                event.msg_id.as_str(),
-                event.event_type.as_str(),
-                event.timestamp_ms,
-                accepted_at_ms,
-                event.test,
-                unique_body.as_ref().unwrap_or(body),
-            ])?;
-            let stored = inserted == 1;
-            if stored {
-                outcome.accepted += 1;
-            } else {
-                outcome.duplicates += 1;
-            }
-            outcome.event_ids.push(event.event_id.as_str().to_owned());
-            outcome.stored.push(stored);
-            outcome.unique.push(stored && unique);
-        }
-        Ok(outcome)
+        Ok(insert(conn, leases, &self.events, no_lease)?.0)
     }
+}
+
+/// An insert whose first `lease.count` stored events are born claimed
+/// (`Store::insert_events_leased`).
+pub(super) struct InsertLeased {
+    pub events: Vec<NewEvent>,
+    pub lease: InsertLease,
+}
+
+impl Op for InsertLeased {
+    type Output = (InsertOutcome, Vec<Job>);
+    const DURABLE: bool = true;
+
+    fn weight(&self) -> usize {
+        self.events.len()
+    }
+
+    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<(InsertOutcome, Vec<Job>)> {
+        insert(conn, leases, &self.events, self.lease)
+    }
+}
+
+/// Stores `events`; the first `lease.count` of those stored (duplicates are not) are claimed
+/// at birth, exactly as `Claim` would have claimed them, and come back as jobs.
+fn insert(
+    conn: &Connection,
+    leases: &mut Leases,
+    events: &[NewEvent],
+    lease: InsertLease,
+) -> Result<(InsertOutcome, Vec<Job>)> {
+    // Conflicts count as duplicates; that covers an event stored earlier, one repeated
+    // in this batch, and one inserted by another request of the same group.
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (account, event_id, msg_id, type, timestamp_ms, accepted_at_ms,
+             test, body, state, due_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?6)
+         ON CONFLICT (account, event_id) DO NOTHING",
+    )?;
+    // The single writer makes "no earlier open of this MsgId" exact: nothing else writes
+    // between this look and the insert.
+    let mut seen_before = conn.prepare_cached(SEEN_BEFORE)?;
+    let accepted_at_ms = now_ms();
+    let lease_until_ms = accepted_at_ms.saturating_add(lease.lease_ms.max(0));
+    let n = events.len();
+    let mut outcome = InsertOutcome {
+        accepted: 0,
+        duplicates: 0,
+        event_ids: Vec::with_capacity(n),
+        stored: Vec::with_capacity(n),
+        unique: Vec::with_capacity(n),
+    };
+    let mut jobs = Vec::with_capacity(lease.count.min(n));
+    for NewEvent { event, body } in events {
+        let mut unique = false;
+        let mut unique_body = None;
+        if event.is_engagement() && !event.test {
+            let key = params![
+                event.account.as_str(),
+                event.msg_id.as_str(),
+                event.event_type.as_str()
+            ];
+            unique = !seen_before.query_row(key, |row| row.get::<_, bool>(0))?;
+            if unique {
+                // Only the first open/click of a MsgId is rendered again; every other
+                // event keeps the bytes intake rendered.
+                let mut first = event.clone();
+                if let Some(engagement) = first.engagement.as_mut() {
+                    engagement.unique = true;
+                }
+                unique_body = Some(first.render_payload());
+            }
+        }
+        let stored_body = unique_body.as_ref().unwrap_or(body);
+        let inserted = insert.execute(params![
+            event.account.as_str(),
+            event.event_id.as_str(),
+            event.msg_id.as_str(),
+            event.event_type.as_str(),
+            event.timestamp_ms,
+            accepted_at_ms,
+            event.test,
+            stored_body,
+        ])?;
+        let stored = inserted == 1;
+        if stored {
+            outcome.accepted += 1;
+            if jobs.len() < lease.count {
+                let id = conn.last_insert_rowid();
+                jobs.push(Job {
+                    id,
+                    account: event.account.as_str().to_owned(),
+                    event_id: event.event_id.as_str().to_owned(),
+                    msg_id: event.msg_id.as_str().to_owned(),
+                    event_type: event.event_type,
+                    test: event.test,
+                    body: Arc::from(stored_body.as_slice()),
+                    pos: ChainPos::default(),
+                    attempts: 0,
+                    accepted_at_ms,
+                    lease_token: leases.grant(id, lease_until_ms),
+                });
+            }
+        } else {
+            outcome.duplicates += 1;
+        }
+        outcome.event_ids.push(event.event_id.as_str().to_owned());
+        outcome.stored.push(stored);
+        outcome.unique.push(stored && unique);
+    }
+    Ok((outcome, jobs))
 }
 
 pub(super) struct Claim {
@@ -119,29 +181,53 @@ pub(super) struct Claim {
     pub retry_share: usize,
 }
 
-/// The two claim lanes, as the SQL that selects each one's due events. Each matches the
-/// predicate of its partial index exactly, so SQLite walks that index in due order.
-pub(super) const FIRST_ATTEMPTS: &str = "due_at_ms IS NOT NULL AND attempts = 0";
-const RETRIES: &str = "due_at_ms IS NOT NULL AND attempts > 0";
+/// The two claim lanes. Each one's predicate matches its partial index exactly, so SQLite
+/// walks that index, `(due_at_ms, id)`, in due order without reading a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Events never attempted.
+    First,
+    /// Retries after a backoff, recovery rounds, replays.
+    Retry,
+}
 
-/// The claim of one lane: `?1` the lease's end, `?2` now, `?3` the limit.
-pub(super) fn claim_sql(lane: &str) -> String {
-    format!(
-        "UPDATE events SET leased = 1, lease_token = lease_token + 1, due_at_ms = ?1
-         WHERE id IN (SELECT id FROM events
-                      WHERE {lane} AND due_at_ms <= ?2
-                      ORDER BY due_at_ms, id LIMIT ?3)
-         RETURNING id, account, event_id, msg_id, type, test, body, addr_index,
-             addr_tries, round, attempts, accepted_at_ms, lease_token"
-    )
+impl Lane {
+    /// The lane's events due by `?1`, oldest due first.
+    pub(super) fn due_sql(self) -> &'static str {
+        match self {
+            Lane::First => {
+                "SELECT id FROM events WHERE due_at_ms IS NOT NULL AND attempts = 0
+                 AND due_at_ms <= ?1 ORDER BY due_at_ms, id"
+            }
+            Lane::Retry => {
+                "SELECT id FROM events WHERE due_at_ms IS NOT NULL AND attempts > 0
+                 AND due_at_ms <= ?1 ORDER BY due_at_ms, id"
+            }
+        }
+    }
+
+    /// Every event of the lane with its due time, oldest due first.
+    fn queue_sql(self) -> &'static str {
+        match self {
+            Lane::First => {
+                "SELECT id, due_at_ms FROM events WHERE due_at_ms IS NOT NULL AND attempts = 0
+                 ORDER BY due_at_ms, id"
+            }
+            Lane::Retry => {
+                "SELECT id, due_at_ms FROM events WHERE due_at_ms IS NOT NULL AND attempts > 0
+                 ORDER BY due_at_ms, id"
+            }
+        }
+    }
 }
 
 impl Claim {
-    /// Leases up to `limit` due events of one lane, oldest due first.
+    /// Claims up to `limit` due events of one lane, oldest due first, skipping those held.
     fn lane(
         &self,
         conn: &Connection,
-        lane: &str,
+        leases: &mut Leases,
+        lane: Lane,
         limit: usize,
         jobs: &mut Vec<Job>,
         unreadable: &mut Vec<(i64, crate::Error)>,
@@ -150,15 +236,27 @@ impl Claim {
             return Ok(());
         }
         let lease_until_ms = self.now_ms.saturating_add(self.lease_ms.max(0));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // A lease is a due time in the future: claimed events are skipped until it passes,
-        // and come back by themselves if the claimant never completes them.
-        let mut claim = conn.prepare_cached(&claim_sql(lane))?;
-        let mut claimed = claim.query(params![lease_until_ms, self.now_ms, limit])?;
-        while let Some(row) = claimed.next()? {
+        let mut due = conn.prepare_cached(lane.due_sql())?;
+        let mut one = conn.prepare_cached(rows::JOB_BY_ID)?;
+        let mut due = due.query(params![self.now_ms])?;
+        let mut taken = 0;
+        // Held events sit at the head of the index (they were the oldest due when claimed):
+        // at most `leases.len()` entries are skipped.
+        while taken < limit {
+            let Some(row) = due.next()? else { break };
+            let id: i64 = row.get(0)?;
+            if leases.is_held(id, self.now_ms) {
+                continue;
+            }
+            taken += 1;
+            let mut found = one.query(params![id])?;
+            let Some(row) = found.next()? else { continue };
             match rows::job(row) {
-                Ok(job) => jobs.push(job),
-                Err(err) => unreadable.push((row.get::<_, i64>("id")?, err)),
+                Ok(mut job) => {
+                    job.lease_token = leases.grant(id, lease_until_ms);
+                    jobs.push(job);
+                }
+                Err(err) => unreadable.push((id, err)),
             }
         }
         Ok(())
@@ -169,13 +267,14 @@ impl Op for Claim {
     type Output = Vec<Job>;
     const DURABLE: bool = false;
 
-    fn apply(&self, conn: &Connection) -> Result<Vec<Job>> {
+    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Vec<Job>> {
         let mut jobs = Vec::new();
         let mut unreadable = Vec::new();
         let first_share = self.limit - self.retry_share.min(self.limit);
         self.lane(
             conn,
-            FIRST_ATTEMPTS,
+            leases,
+            Lane::First,
             first_share,
             &mut jobs,
             &mut unreadable,
@@ -185,7 +284,8 @@ impl Op for Claim {
         let claimed = jobs.len() + unreadable.len();
         self.lane(
             conn,
-            RETRIES,
+            leases,
+            Lane::Retry,
             self.limit - claimed,
             &mut jobs,
             &mut unreadable,
@@ -194,7 +294,8 @@ impl Op for Claim {
         if claimed < self.limit {
             self.lane(
                 conn,
-                FIRST_ATTEMPTS,
+                leases,
+                Lane::First,
                 self.limit - claimed,
                 &mut jobs,
                 &mut unreadable,
@@ -210,10 +311,38 @@ impl Op for Claim {
                 params![id, err.to_string()],
             )?;
         }
-        // RETURNING gives no order; the set is the oldest due of each lane, and insertion
-        // order within it keeps the events of one email in the order they came.
+        // The set is the oldest due of each lane; insertion order within it keeps the events
+        // of one email in the order they came.
         jobs.sort_unstable_by_key(|job| job.id);
         Ok(jobs)
+    }
+}
+
+/// When the dispatcher should look again: the earliest due time of an event not held, or
+/// the earliest end of a held lease.
+pub(super) struct NextDueAt {
+    pub now_ms: i64,
+}
+
+impl Op for NextDueAt {
+    type Output = Option<i64>;
+    const DURABLE: bool = false;
+    const WRITES: bool = false;
+
+    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Option<i64>> {
+        let mut next = leases.first_end_ms();
+        for lane in [Lane::First, Lane::Retry] {
+            let mut queue = conn.prepare_cached(lane.queue_sql())?;
+            let mut queue = queue.query([])?;
+            while let Some(row) = queue.next()? {
+                if !leases.is_held(row.get(0)?, self.now_ms) {
+                    let due: i64 = row.get(1)?;
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    break;
+                }
+            }
+        }
+        Ok(next)
     }
 }
 
@@ -229,17 +358,15 @@ impl Op for Complete {
         self.completions.len()
     }
 
-    fn apply(&self, conn: &Connection) -> Result<()> {
-        // Only the latest claim may write: a dispatcher whose lease ran out (and whose event
-        // another claim took over) must not overwrite the newer outcome.
+    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<()> {
         let mut update = conn.prepare_cached(
             "UPDATE events SET state = ?2, detail = ?3, delivered_to = ?4, due_at_ms = ?5,
                  addr_index = ?6, addr_tries = ?7, round = ?8, attempts = attempts + ?9,
-                 leased = 0, settled_at_ms = ?11
-             WHERE id = ?1 AND lease_token = ?10",
+                 leased = 0, settled_at_ms = ?10
+             WHERE id = ?1",
         )?;
-        // The lease token makes a second report of the same number unlikely; should one come
-        // (a store restored from a backup), the later report wins, like the event's columns.
+        // A held claim has one report; should a second of the same number come (a store
+        // restored from a backup), the later report wins, like the event's columns.
         let mut record = conn.prepare_cached(
             "INSERT INTO attempts (event, number, role, url, status, error, duration_ms, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -249,19 +376,25 @@ impl Op for Complete {
         )?;
         let now = now_ms();
         for c in &self.completions {
-            let updated = update.execute(params![
-                c.id,
-                c.state.as_str(),
-                c.detail,
-                c.delivered_to.map(|role| role.as_str()),
-                c.due_at_ms,
-                c.pos.address,
-                c.pos.tries,
-                c.pos.round,
-                c.attempts.len(),
-                c.lease_token,
-                c.state.is_settled().then_some(now),
-            ])?;
+            // Only the latest claim may write: a dispatcher whose lease ran out (and whose
+            // event another claim took over) must not overwrite the newer outcome.
+            let latest = leases.end(c.id, c.lease_token);
+            let updated = if latest {
+                update.execute(params![
+                    c.id,
+                    c.state.as_str(),
+                    c.detail,
+                    c.delivered_to.map(|role| role.as_str()),
+                    c.due_at_ms,
+                    c.pos.address,
+                    c.pos.tries,
+                    c.pos.round,
+                    c.attempts.len(),
+                    c.state.is_settled().then_some(now),
+                ])?
+            } else {
+                0
+            };
             if updated == 0 {
                 tracing::warn!(
                     id = c.id,
@@ -300,16 +433,17 @@ impl Op for Release {
         self.leases.len()
     }
 
-    fn apply(&self, conn: &Connection) -> Result<()> {
-        // Only a leased event has a lease to end, and only its latest claim may end it:
-        // releasing one already completed (and at rest), or claimed again since, must not
-        // make it due and deliver it again.
+    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<()> {
+        // Only a held claim can be ended, and only by its latest token: releasing an event
+        // already completed (and at rest), or claimed again since, must not make it due and
+        // deliver it again.
         let mut release = conn.prepare_cached(
-            "UPDATE events SET leased = 0, due_at_ms = 0
-             WHERE id = ?1 AND lease_token = ?2 AND leased = 1",
+            "UPDATE events SET due_at_ms = 0 WHERE id = ?1 AND due_at_ms IS NOT NULL",
         )?;
         for lease in &self.leases {
-            release.execute(params![lease.id, lease.token])?;
+            if leases.end(lease.id, lease.token) {
+                release.execute(params![lease.id])?;
+            }
         }
         Ok(())
     }
@@ -328,7 +462,7 @@ impl Op for Prune {
         self.batch_max
     }
 
-    fn apply(&self, conn: &Connection) -> Result<usize> {
+    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<usize> {
         // Attempts go with their event (ON DELETE CASCADE; the writer has foreign keys on).
         let mut prune = conn.prepare_cached(
             "DELETE FROM events WHERE id IN (SELECT id FROM events
@@ -351,7 +485,7 @@ impl Op for PutSettings {
     type Output = StoredSettings;
     const DURABLE: bool = true;
 
-    fn apply(&self, conn: &Connection) -> Result<StoredSettings> {
+    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<StoredSettings> {
         let addresses: Vec<&str> = self.settings.addresses.iter().map(|a| a.as_str()).collect();
         let events: Vec<&str> = self.settings.events.iter().map(|t| t.as_str()).collect();
         // The secret is only written by the insert: a later save keeps the secret (and the
@@ -393,7 +527,7 @@ impl Op for RotateSecret {
     type Output = Option<StoredSettings>;
     const DURABLE: bool = true;
 
-    fn apply(&self, conn: &Connection) -> Result<Option<StoredSettings>> {
+    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<Option<StoredSettings>> {
         let mut rotate = conn.prepare_cached(
             "UPDATE settings SET previous_secret = secret, previous_until_ms = ?2,
                  secret = ?3, updated_at_ms = ?4
@@ -425,9 +559,9 @@ impl Op for Replay {
         self.event_ids.as_ref().map_or(1, Vec::len)
     }
 
-    fn apply(&self, conn: &Connection) -> Result<Vec<String>> {
-        // A new lease token: a dispatcher still working on a recovery round of a listed
-        // event cannot overwrite the replay with its late completion.
+    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Vec<String>> {
+        // Its claim ends: a dispatcher still working on a recovery round of a listed event
+        // cannot overwrite the replay with its late completion.
         const REQUEUE: &str = "UPDATE events SET state = 'pending', due_at_ms = ?2,
                  addr_index = 0, addr_tries = 0, round = 0, detail = NULL, leased = 0,
                  lease_token = lease_token + 1
@@ -443,19 +577,28 @@ impl Op for Replay {
                         Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
+                for (id, _) in &requeued {
+                    leases.revoke(*id);
+                }
                 requeued.sort_unstable_by_key(|(id, _)| *id);
                 Ok(requeued.into_iter().map(|(_, event_id)| event_id).collect())
             }
             Some(event_ids) => {
-                let mut one = conn
-                    .prepare_cached(&format!("{REQUEUE} AND event_id = ?3 RETURNING event_id"))?;
+                let mut one = conn.prepare_cached(&format!(
+                    "{REQUEUE} AND event_id = ?3 RETURNING id, event_id"
+                ))?;
                 let mut requeued = Vec::new();
                 for event_id in event_ids {
                     // A repeated id matches once: the first pass made it pending.
-                    let found: Option<String> = one
-                        .query_row(params![account, self.now_ms, event_id], |row| row.get(0))
+                    let found: Option<(i64, String)> = one
+                        .query_row(params![account, self.now_ms, event_id], |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })
                         .optional()?;
-                    requeued.extend(found);
+                    if let Some((id, event_id)) = found {
+                        leases.revoke(id);
+                        requeued.push(event_id);
+                    }
                 }
                 Ok(requeued)
             }
@@ -471,7 +614,7 @@ impl Op for Ping {
     const DURABLE: bool = false;
     const WRITES: bool = false;
 
-    fn apply(&self, conn: &Connection) -> Result<()> {
+    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<()> {
         conn.query_row("SELECT 1", [], |_| Ok(()))?;
         Ok(())
     }

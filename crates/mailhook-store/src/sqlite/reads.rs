@@ -13,20 +13,6 @@ pub(super) fn ping(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn next_due_at(conn: &mut Connection) -> Result<Option<i64>> {
-    // One MIN per lane, each answered from its partial index.
-    let due: Option<i64> = conn.query_row(
-        "SELECT MIN(due) FROM (
-             SELECT MIN(due_at_ms) AS due FROM events
-                 WHERE due_at_ms IS NOT NULL AND attempts = 0
-             UNION ALL
-             SELECT MIN(due_at_ms) FROM events WHERE due_at_ms IS NOT NULL AND attempts > 0)",
-        [],
-        |row| row.get(0),
-    )?;
-    Ok(due)
-}
-
 /// The queue's depth and its oldest event, each answered from the two lanes' partial indexes,
 /// so the cost follows the queue, not the table. (`WHERE due_at_ms IS NOT NULL` alone matches
 /// neither partial index: every `/metrics` scrape read the whole table, bodies included.)

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::leases::Leases;
 use super::ops::{self, Op};
 use super::reads;
 use super::writer::{Msg, Request, Writer};
@@ -426,7 +427,11 @@ async fn reopen_after_drop_makes_leased_events_due_at_once() {
     drop(store);
 
     let store = open(&dir);
-    assert_eq!(store.next_due_at().await.unwrap(), Some(0));
+    let due = store.next_due_at().await.unwrap().unwrap();
+    assert!(
+        due <= now_ms(),
+        "due at once, not after the hour-long lease"
+    );
     let jobs = store.claim_due(now_ms(), 10, 1000).await.unwrap();
     assert_eq!(
         jobs.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(),
@@ -632,7 +637,8 @@ fn a_claim_is_compiled_once_whatever_limit_and_time_it_is_given() {
     let events = (0..8)
         .map(|i| event("default", &format!("e{i}"), "m", i))
         .collect();
-    ops::Insert { events }.apply(&conn).unwrap();
+    let mut leases = Leases::default();
+    ops::Insert { events }.apply(&conn, &mut leases).unwrap();
     // Each claim binds another limit and another "now", as the dispatcher's do.
     for (i, limit) in [1, 2, 3, 1].into_iter().enumerate() {
         let jobs = ops::Claim {
@@ -641,13 +647,11 @@ fn a_claim_is_compiled_once_whatever_limit_and_time_it_is_given() {
             lease_ms: 60_000,
             retry_share: 0,
         }
-        .apply(&conn)
+        .apply(&conn, &mut leases)
         .unwrap();
         assert_eq!(jobs.len(), limit);
     }
-    let claim = conn
-        .prepare_cached(&ops::claim_sql(ops::FIRST_ATTEMPTS))
-        .unwrap();
+    let claim = conn.prepare_cached(ops::Lane::First.due_sql()).unwrap();
     assert_eq!(
         claim.get_status(rusqlite::StatementStatus::RePrepare),
         0,
@@ -725,6 +729,16 @@ async fn a_failing_request_fails_alone_when_its_group_is_retried_one_by_one() {
                 events: vec![event("default", "a", "m", 1)],
             },
         );
+        // The first claim of this writer: event 1, token 1.
+        let claim = queue(
+            sender,
+            ops::Claim {
+                now_ms: later(),
+                limit: 1,
+                lease_ms: 60_000,
+                retry_share: 0,
+            },
+        );
         // A duration past i64::MAX cannot be bound: this request fails inside the group.
         let too_long = AttemptRecord {
             duration_ms: u64::MAX,
@@ -735,7 +749,7 @@ async fn a_failing_request_fails_alone_when_its_group_is_retried_one_by_one() {
             ops::Complete {
                 completions: vec![Completion {
                     attempts: vec![too_long],
-                    ..at_rest(Lease { id: 1, token: 0 }, EventState::Delivered, None)
+                    ..at_rest(Lease { id: 1, token: 1 }, EventState::Delivered, None)
                 }],
             },
         );
@@ -745,14 +759,23 @@ async fn a_failing_request_fails_alone_when_its_group_is_retried_one_by_one() {
                 events: vec![event("default", "b", "m", 2)],
             },
         );
-        replies = Some((first, bad, second));
+        replies = Some((first, claim, bad, second));
     });
-    let (first, bad, second) = replies.unwrap();
+    let (first, claim, bad, second) = replies.unwrap();
     assert_eq!(first.await.unwrap().unwrap().accepted, 1);
+    let claimed = claim.await.unwrap().unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|j| (j.id, j.lease_token))
+            .collect::<Vec<_>>(),
+        [(1, 1)],
+        "claimed again, with the same token, after the group rolled back"
+    );
     assert!(bad.await.unwrap().is_err());
     assert_eq!(second.await.unwrap().unwrap().accepted, 1);
-    // The shared transaction rolled back; each insert then committed alone.
-    assert_eq!(commits, 2);
+    // The shared transaction rolled back; each request then committed alone, but the bad one.
+    assert_eq!(commits, 3);
     let store = open(&dir);
     let stored = store.message(&account("default"), "m").await.unwrap();
     assert_eq!(

@@ -8,6 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::classify;
+use super::leases::Leases;
 use super::ops::Op;
 use crate::{Error, Result};
 
@@ -25,7 +26,7 @@ pub(super) trait Pending: Send {
     fn durable(&self) -> bool;
     fn writes(&self) -> bool;
     /// Runs the write inside the current transaction, keeping its output for `finish`.
-    fn apply(&mut self, conn: &Connection) -> Result<()>;
+    fn apply(&mut self, conn: &Connection, leases: &mut Leases) -> Result<()>;
     /// Answers the caller: the kept output if its transaction committed, else the error.
     fn finish(self: Box<Self>, committed: Result<()>);
 }
@@ -59,8 +60,8 @@ impl<O: Op> Pending for Request<O> {
         O::WRITES
     }
 
-    fn apply(&mut self, conn: &Connection) -> Result<()> {
-        self.output = Some(self.op.apply(conn)?);
+    fn apply(&mut self, conn: &Connection, leases: &mut Leases) -> Result<()> {
+        self.output = Some(self.op.apply(conn, leases)?);
         Ok(())
     }
 
@@ -88,6 +89,8 @@ pub(super) struct Writer {
     /// The `synchronous` level set on the connection: `Some(true)` for FULL; `None` when
     /// unknown after a failed switch.
     synchronous_full: Option<bool>,
+    /// The claims held now; only this thread reads or changes them.
+    leases: Leases,
 }
 
 impl Writer {
@@ -104,6 +107,7 @@ impl Writer {
             events_per_commit_max,
             commits,
             synchronous_full: Some(true),
+            leases: Leases::default(),
         }
     }
 
@@ -160,7 +164,7 @@ impl Writer {
         if !group.iter().any(|p| p.writes()) {
             // Pings only: nothing to commit.
             for mut pending in group {
-                let result = pending.apply(&self.conn);
+                let result = pending.apply(&self.conn, &mut self.leases);
                 pending.finish(result);
             }
             return;
@@ -196,14 +200,29 @@ impl Writer {
     fn transact(&mut self, group: &mut [Box<dyn Pending>]) -> Result<()> {
         let durable = group.iter().any(|p| p.durable());
         self.set_synchronous(durable)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The table of claims changes with the rows it describes: a transaction that fails
+        // leaves both as they were.
+        let leases_before = self.leases.clone();
+        let done = Self::apply_and_commit(&mut self.conn, &mut self.leases, group);
+        match done {
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.leases = leases_before,
+        }
+        done
+    }
+
+    fn apply_and_commit(
+        conn: &mut Connection,
+        leases: &mut Leases,
+        group: &mut [Box<dyn Pending>],
+    ) -> Result<()> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for pending in group.iter_mut() {
-            pending.apply(&tx)?;
+            pending.apply(&tx, leases)?;
         }
         tx.commit()?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
