@@ -33,6 +33,8 @@ pub struct Measured {
     pub bench_cpu_per_100k: f64,
     pub rss_peak_mib: f64,
     pub busy_retries: usize,
+    /// Batches answered 429; none is expected, the bench's gateway has no practical limit.
+    pub throttled_retries: usize,
     pub store_bytes: u64,
     /// The gateway's `/metrics` after the run: events it counts as accepted.
     pub stored: usize,
@@ -115,6 +117,9 @@ pub async fn run(
         busy_retries: intake
             .busy_retries
             .load(std::sync::atomic::Ordering::Relaxed),
+        throttled_retries: intake
+            .throttled_retries
+            .load(std::sync::atomic::Ordering::Relaxed),
         store_bytes: gateway::dir_bytes(&data_dir),
         stored,
     })
@@ -154,9 +159,10 @@ pub fn print(w: &mut String, header: &str, m: &Measured) {
     .unwrap();
     writeln!(
         w,
-        "latency: intake POST round trip; gateway counted {} events accepted; {} batches retried after 503; store {:.1} MiB",
+        "latency: intake POST round trip; gateway counted {} events accepted; {} batches retried after 503, {} after 429; store {:.1} MiB",
         m.stored,
         m.busy_retries,
+        m.throttled_retries,
         m.store_bytes as f64 / (1024.0 * 1024.0)
     )
     .unwrap();
