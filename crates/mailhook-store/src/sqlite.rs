@@ -182,7 +182,9 @@ impl SqliteStore {
             .map_err(|_| self.writer_gone())?;
         // The reply sender is dropped unanswered only when the writer stops with the request
         // still queued.
-        replied.await.map_err(|_| self.writer_gone())?
+        let (answer, op) = replied.await.map_err(|_| self.writer_gone())?;
+        drop(op);
+        answer
     }
 
     /// Runs a query on a pooled read-only connection, off the async worker threads.

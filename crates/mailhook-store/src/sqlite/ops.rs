@@ -270,22 +270,23 @@ impl Op for Claim {
     fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Vec<Job>> {
         let mut jobs = Vec::new();
         let mut unreadable = Vec::new();
-        let first_share = self.limit - self.retry_share.min(self.limit);
-        self.lane(
-            conn,
-            leases,
-            Lane::First,
-            first_share,
-            &mut jobs,
-            &mut unreadable,
-        )?;
-        // Each lane's unused share goes to the other: retries fill what new events left,
-        // then new events what retries left.
-        let claimed = jobs.len() + unreadable.len();
+        let retry_share = self.retry_share.min(self.limit);
+        // Each lane gets its share when it has that much due, and what one leaves goes to
+        // the other. Retries first: their lane is short, and the first-attempt lane (a
+        // backlog's, under load) is then walked once per claim.
         self.lane(
             conn,
             leases,
             Lane::Retry,
+            retry_share,
+            &mut jobs,
+            &mut unreadable,
+        )?;
+        let claimed = jobs.len() + unreadable.len();
+        self.lane(
+            conn,
+            leases,
+            Lane::First,
             self.limit - claimed,
             &mut jobs,
             &mut unreadable,
@@ -295,7 +296,7 @@ impl Op for Claim {
             self.lane(
                 conn,
                 leases,
-                Lane::First,
+                Lane::Retry,
                 self.limit - claimed,
                 &mut jobs,
                 &mut unreadable,

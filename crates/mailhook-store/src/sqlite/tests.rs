@@ -693,12 +693,16 @@ async fn group_commit_shares_transactions_between_concurrent_inserts() {
 }
 
 /// Queues a write without waiting, so a test can line up a group before the writer runs.
-fn queue<O: Op>(queue: &mpsc::Sender<Msg>, op: O) -> oneshot::Receiver<Result<O::Output>> {
+fn queue<O: Op>(
+    queue: &mpsc::Sender<Msg>,
+    op: O,
+) -> impl Future<Output = std::result::Result<Result<O::Output>, oneshot::error::RecvError>> + use<O>
+{
     let (reply, replied) = oneshot::channel();
     queue
         .try_send(Msg::Write(Box::new(Request::new(op, reply))))
         .unwrap();
-    replied
+    async move { replied.await.map(|(answer, _op)| answer) }
 }
 
 /// Runs a writer over what `fill` queued (then a shutdown) and returns its commit count.

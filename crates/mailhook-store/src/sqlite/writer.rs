@@ -31,14 +31,19 @@ pub(super) trait Pending: Send {
     fn finish(self: Box<Self>, committed: Result<()>);
 }
 
+/// What the writer sends back: the outcome, and the op itself, so that the caller's thread,
+/// not the writer's, frees it. An intake's events (their parsed JSON maps) took ~8% of the
+/// writer thread's time to free, and the writer is the one thread every write waits for.
+pub(super) type Answer<O> = (Result<<O as Op>::Output>, O);
+
 pub(super) struct Request<O: Op> {
     op: O,
-    reply: oneshot::Sender<Result<O::Output>>,
+    reply: oneshot::Sender<Answer<O>>,
     output: Option<O::Output>,
 }
 
 impl<O: Op> Request<O> {
-    pub(super) fn new(op: O, reply: oneshot::Sender<Result<O::Output>>) -> Request<O> {
+    pub(super) fn new(op: O, reply: oneshot::Sender<Answer<O>>) -> Request<O> {
         Request {
             op,
             reply,
@@ -66,7 +71,8 @@ impl<O: Op> Pending for Request<O> {
     }
 
     fn finish(self: Box<Self>, committed: Result<()>) {
-        let answer = match (committed, self.output) {
+        let Request { op, reply, output } = *self;
+        let answer = match (committed, output) {
             (Ok(()), Some(output)) => Ok(output),
             (Ok(()), None) => {
                 debug_assert!(false, "a write committed without being applied");
@@ -77,7 +83,7 @@ impl<O: Op> Pending for Request<O> {
             (Err(err), _) => Err(classify(err)),
         };
         // The caller may have given up waiting (its future dropped); the write stands anyway.
-        let _ = self.reply.send(answer);
+        let _ = reply.send((answer, op));
     }
 }
 
