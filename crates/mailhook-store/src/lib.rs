@@ -29,21 +29,6 @@ pub trait Store: Send + Sync + 'static {
     /// a duplicate and is not stored again. Concurrent calls share transactions (group commit).
     async fn insert_events(&self, events: Vec<NewEvent>) -> Result<InsertOutcome>;
 
-    /// `insert_events`, with the first `lease.count` events it stores born claimed: leased
-    /// for `lease.lease_ms` from their accept time, with lease token 1, exactly as if
-    /// `claim_due` had returned them, and returned as jobs. A dispatcher in the same process
-    /// runs them at once, without a claim (a store write) per event; should it never finish
-    /// them, their lease ends and they are claimed like any other. A store that does not
-    /// lease at insert returns no job, and every event waits for a claim.
-    async fn insert_events_leased(
-        &self,
-        events: Vec<NewEvent>,
-        lease: InsertLease,
-    ) -> Result<(InsertOutcome, Vec<Job>)> {
-        let _ = lease;
-        Ok((self.insert_events(events).await?, Vec::new()))
-    }
-
     /// Claims up to `limit` events whose `due_at <= now_ms` and leases them until
     /// `now_ms + lease_ms`: until then no other claim (from this node or another) returns
     /// them, and each returned `Job` carries a new `lease_token`.

@@ -33,8 +33,8 @@ use rusqlite::ffi::ErrorCode;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
-    Completion, Error, EventRecord, InsertLease, InsertOutcome, Job, Lease, NewEvent, QueueStats,
-    Result, Stats, Store, StoredSettings, lanes,
+    Completion, Error, EventRecord, InsertOutcome, Job, Lease, NewEvent, QueueStats, Result, Stats,
+    Store, StoredSettings, lanes,
 };
 use ops::Op;
 use writer::{Msg, Request, Writer};
@@ -317,17 +317,6 @@ impl Store for SqliteStore {
             });
         }
         self.write(ops::Insert { events }).await
-    }
-
-    async fn insert_events_leased(
-        &self,
-        events: Vec<NewEvent>,
-        lease: InsertLease,
-    ) -> Result<(InsertOutcome, Vec<Job>)> {
-        if lease.count == 0 || events.is_empty() {
-            return Ok((self.insert_events(events).await?, Vec::new()));
-        }
-        self.write(ops::InsertLeased { events, lease }).await
     }
 
     async fn claim_due(&self, now_ms: i64, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {

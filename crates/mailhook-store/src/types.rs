@@ -14,14 +14,6 @@ pub struct NewEvent {
     pub body: Vec<u8>,
 }
 
-/// How many of an insert's events are leased at birth, and for how long
-/// (`Store::insert_events_leased`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InsertLease {
-    pub count: usize,
-    pub lease_ms: i64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InsertOutcome {
     pub accepted: usize,

@@ -1,18 +1,12 @@
 //! The write operations the writer thread runs, each inside a (shared) transaction.
 
-use std::sync::Arc;
-
-use mailhook_core::chain::ChainPos;
 use mailhook_core::signature::Secret;
 use mailhook_core::{AccountId, WebhookSettings};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::leases::Leases;
 use super::{now_ms, rows};
-use crate::{
-    Completion, EventState, InsertLease, InsertOutcome, Job, Lease, NewEvent, Result,
-    StoredSettings,
-};
+use crate::{Completion, EventState, InsertOutcome, Job, Lease, NewEvent, Result, StoredSettings};
 
 /// One kind of write. `apply` runs inside a transaction the writer may share with other
 /// requests, so it must not begin or commit one itself.
@@ -54,43 +48,13 @@ impl Op for Insert {
         self.events.len()
     }
 
-    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<InsertOutcome> {
-        let no_lease = InsertLease {
-            count: 0,
-            lease_ms: 0,
-        };
-        Ok(insert(conn, leases, &self.events, no_lease)?.0)
+    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<InsertOutcome> {
+        insert(conn, &self.events)
     }
 }
 
-/// An insert whose first `lease.count` stored events are born claimed
-/// (`Store::insert_events_leased`).
-pub(super) struct InsertLeased {
-    pub events: Vec<NewEvent>,
-    pub lease: InsertLease,
-}
-
-impl Op for InsertLeased {
-    type Output = (InsertOutcome, Vec<Job>);
-    const DURABLE: bool = true;
-
-    fn weight(&self) -> usize {
-        self.events.len()
-    }
-
-    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<(InsertOutcome, Vec<Job>)> {
-        insert(conn, leases, &self.events, self.lease)
-    }
-}
-
-/// Stores `events`; the first `lease.count` of those stored (duplicates are not) are claimed
-/// at birth, exactly as `Claim` would have claimed them, and come back as jobs.
-fn insert(
-    conn: &Connection,
-    leases: &mut Leases,
-    events: &[NewEvent],
-    lease: InsertLease,
-) -> Result<(InsertOutcome, Vec<Job>)> {
+/// Stores `events`, each new one due at once.
+fn insert(conn: &Connection, events: &[NewEvent]) -> Result<InsertOutcome> {
     // Conflicts count as duplicates; that covers an event stored earlier, one repeated
     // in this batch, and one inserted by another request of the same group.
     let mut insert = conn.prepare_cached(
@@ -103,7 +67,6 @@ fn insert(
     // between this look and the insert.
     let mut seen_before = conn.prepare_cached(SEEN_BEFORE)?;
     let accepted_at_ms = now_ms();
-    let lease_until_ms = accepted_at_ms.saturating_add(lease.lease_ms.max(0));
     let n = events.len();
     let mut outcome = InsertOutcome {
         accepted: 0,
@@ -112,7 +75,6 @@ fn insert(
         stored: Vec::with_capacity(n),
         unique: Vec::with_capacity(n),
     };
-    let mut jobs = Vec::with_capacity(lease.count.min(n));
     for NewEvent { event, body } in events {
         let mut unique = false;
         let mut unique_body = None;
@@ -133,7 +95,6 @@ fn insert(
                 unique_body = Some(first.render_payload());
             }
         }
-        let stored_body = unique_body.as_ref().unwrap_or(body);
         let inserted = insert.execute(params![
             event.account.as_str(),
             event.event_id.as_str(),
@@ -142,27 +103,11 @@ fn insert(
             event.timestamp_ms,
             accepted_at_ms,
             event.test,
-            stored_body,
+            unique_body.as_ref().unwrap_or(body),
         ])?;
         let stored = inserted == 1;
         if stored {
             outcome.accepted += 1;
-            if jobs.len() < lease.count {
-                let id = conn.last_insert_rowid();
-                jobs.push(Job {
-                    id,
-                    account: event.account.as_str().to_owned(),
-                    event_id: event.event_id.as_str().to_owned(),
-                    msg_id: event.msg_id.as_str().to_owned(),
-                    event_type: event.event_type,
-                    test: event.test,
-                    body: Arc::from(stored_body.as_slice()),
-                    pos: ChainPos::default(),
-                    attempts: 0,
-                    accepted_at_ms,
-                    lease_token: leases.grant(id, lease_until_ms),
-                });
-            }
         } else {
             outcome.duplicates += 1;
         }
@@ -170,7 +115,7 @@ fn insert(
         outcome.stored.push(stored);
         outcome.unique.push(stored && unique);
     }
-    Ok((outcome, jobs))
+    Ok(outcome)
 }
 
 pub(super) struct Claim {
