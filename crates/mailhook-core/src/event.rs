@@ -1,9 +1,13 @@
 //! The event model: validated once at intake into types that cannot hold a bad value, and
 //! rendered once into the exact JSON body every receiver gets.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{FieldError, IntakeError};
@@ -149,10 +153,41 @@ pub struct Event {
     pub msg_id: MsgId,
     pub timestamp_ms: i64,
     pub test: bool,
-    pub email: Map<String, Value>,
-    pub status: Map<String, Value>,
+    pub email: JsonObject,
+    pub status: JsonObject,
     /// For opens and clicks: human or machine, and the first of its MsgId or not.
     pub engagement: Option<Engagement>,
+}
+
+/// A JSON object passed through to receivers as intake got it (`email`, `status`), kept as
+/// its compact JSON text.
+///
+/// Why text: intake checks a few well-known keys and the length of every string, and
+/// otherwise only copies these objects into the pushed body. Parsing them into maps and
+/// writing them out again was most of intake's CPU (perf, batched intake-only bench); kept
+/// as text they are scanned, not built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonObject(String);
+
+impl JsonObject {
+    pub fn empty() -> JsonObject {
+        JsonObject("{}".to_owned())
+    }
+
+    /// From a parsed map (tests, samples).
+    pub fn from_map(map: &Map<String, Value>) -> JsonObject {
+        JsonObject(Value::Object(map.clone()).to_string())
+    }
+
+    /// The compact JSON text: `{...}`.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// The object parsed, for the few readers of its fields (machine detection).
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
 }
 
 /// The statistical truth about an open or click, pushed as the payload's `engagement`.
@@ -176,44 +211,46 @@ impl Engagement {
     }
 }
 
-/// The body a receiver gets, field order as in the contract.
-#[derive(Serialize)]
-struct Payload<'a> {
-    event_id: &'a EventId,
-    #[serde(rename = "type")]
-    event_type: EventType,
-    account: &'a AccountId,
-    msg_id: &'a MsgId,
-    timestamp: String,
-    test: bool,
-    email: &'a Map<String, Value>,
-    status: &'a Map<String, Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    engagement: Option<&'a Engagement>,
-}
-
 impl Event {
     /// Opens and clicks carry an `engagement` object; other types do not.
     pub fn is_engagement(&self) -> bool {
         matches!(self.event_type, EventType::Open | EventType::Click)
     }
 
-    /// Renders the JSON body pushed to receivers. Done once at intake: every attempt signs
-    /// and sends these same bytes.
+    /// Renders the JSON body pushed to receivers, field order as in the contract. Done once
+    /// at intake: every attempt signs and sends these same bytes.
     pub fn render_payload(&self) -> Vec<u8> {
-        let payload = Payload {
-            event_id: &self.event_id,
-            event_type: self.event_type,
-            account: &self.account,
-            msg_id: &self.msg_id,
-            timestamp: format_rfc3339_ms(self.timestamp_ms),
-            test: self.test,
-            email: &self.email,
-            status: &self.status,
-            engagement: self.engagement.as_ref(),
+        let mut out = Vec::with_capacity(160 + self.email.0.len() + self.status.0.len());
+        let string = |out: &mut Vec<u8>, key: &str, value: &str| {
+            out.extend_from_slice(key.as_bytes());
+            serde_json::to_writer(&mut *out, value)
+                .unwrap_or_else(|_| unreachable!("a string always serializes"));
         };
-        serde_json::to_vec(&payload)
-            .unwrap_or_else(|_| unreachable!("payload holds only JSON values"))
+        string(&mut out, "{\"event_id\":", self.event_id.as_str());
+        string(&mut out, ",\"type\":", self.event_type.as_str());
+        string(&mut out, ",\"account\":", self.account.as_str());
+        string(&mut out, ",\"msg_id\":", self.msg_id.as_str());
+        string(
+            &mut out,
+            ",\"timestamp\":",
+            &format_rfc3339_ms(self.timestamp_ms),
+        );
+        out.extend_from_slice(if self.test {
+            b",\"test\":true"
+        } else {
+            b",\"test\":false"
+        });
+        out.extend_from_slice(b",\"email\":");
+        out.extend_from_slice(self.email.0.as_bytes());
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(self.status.0.as_bytes());
+        if let Some(engagement) = &self.engagement {
+            out.extend_from_slice(b",\"engagement\":");
+            serde_json::to_writer(&mut out, engagement)
+                .unwrap_or_else(|_| unreachable!("engagement holds only JSON values"));
+        }
+        out.push(b'}');
+        out
     }
 }
 
@@ -243,25 +280,35 @@ pub struct IntakeLimits {
 /// All or nothing: any invalid field rejects the whole body, and every problem found is
 /// reported with its index and field. `new_event_id` supplies ids for events without one;
 /// `now_ms` is the default timestamp.
+/// Parses an intake body (one event object, or an array of them) into validated events.
+///
+/// All or nothing: any invalid field rejects the whole body, and every problem found is
+/// reported with its index and field. `new_event_id` supplies ids for events without one;
+/// `now_ms` is the default timestamp.
+///
+/// Nothing of the body is copied but what an event keeps: values are borrowed from it
+/// (`RawValue`, borrowed strings) while they are checked.
 pub fn parse_intake(
     body: &[u8],
     limits: IntakeLimits,
     now_ms: i64,
     new_event_id: &mut dyn FnMut() -> EventId,
 ) -> Result<Vec<Event>, IntakeError> {
-    let value: Value =
+    let value: &RawValue =
         serde_json::from_slice(body).map_err(|err| IntakeError::Json(err.to_string()))?;
-    let depth = json_depth(&value);
+    let depth = json_depth(value.get());
     if depth > limits.json_depth_max {
         return Err(IntakeError::TooDeep {
             depth,
             max: limits.json_depth_max,
         });
     }
-    let items = match value {
-        Value::Array(items) => items,
-        Value::Object(_) => vec![value],
-        other => return Err(IntakeError::Shape(json_kind(&other))),
+    let items: Vec<&RawValue> = match raw_kind(value) {
+        "an array" => {
+            serde_json::from_str(value.get()).map_err(|err| IntakeError::Json(err.to_string()))?
+        }
+        "an object" => vec![value],
+        other => return Err(IntakeError::Shape(other)),
     };
     if items.is_empty() {
         return Err(IntakeError::Empty);
@@ -287,26 +334,127 @@ pub fn parse_intake(
     }
 }
 
+/// A JSON string borrowed from the body when it has no escapes, copied when it has.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Text<'de>, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                text: &'de str,
+            ) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
+
+/// An object's members in order, values unparsed. A key given twice keeps its first place
+/// and its last value, as a parsed map would.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Members<'de>, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                // Past a few members, repeats are found by hashing, not by a scan: a body
+                // of a million keys must not cost a million squared comparisons.
+                let mut places: HashMap<Cow<'de, str>, usize> = HashMap::new();
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    let place = if places.is_empty() && members.len() < SCAN_MEMBERS_MAX {
+                        members.iter().position(|(k, _)| *k == key)
+                    } else {
+                        if places.is_empty() {
+                            let known = members.iter().enumerate();
+                            places.extend(known.map(|(i, (k, _))| (k.clone(), i)));
+                        }
+                        places.get(&key).copied()
+                    };
+                    match place {
+                        Some(i) => members[i].1 = value,
+                        None => {
+                            if !places.is_empty() {
+                                places.insert(key.clone(), members.len());
+                            }
+                            members.push((key, value));
+                        }
+                    }
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// Members up to which a repeated key is found by a scan.
+const SCAN_MEMBERS_MAX: usize = 16;
+
+impl<'a> Members<'a> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+/// A string field's text, or the message for what it holds instead.
+fn string<'a>(name: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, String> {
+    text(raw).ok_or_else(|| format!("{name} must be a string, got {}", raw_kind(raw)))
+}
+
+/// The text of a JSON string value; `None` when `raw` is not a string.
+fn text(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match raw_kind(raw) {
+        "a string" => serde_json::from_str::<Text<'_>>(raw.get())
+            .ok()
+            .map(|t| t.0),
+        _ => None,
+    }
+}
+
 fn validate_event(
     index: usize,
-    item: Value,
+    item: &RawValue,
     string_bytes_max: usize,
     now_ms: i64,
     new_event_id: &mut dyn FnMut() -> EventId,
 ) -> Result<Event, Vec<FieldError>> {
-    let Value::Object(mut fields) = item else {
-        return Err(vec![FieldError::at(
-            index,
-            "",
-            format!("each event must be a JSON object, got {}", json_kind(&item)),
-        )]);
+    let fields = match raw_kind(item) {
+        "an object" => serde_json::from_str::<Members<'_>>(item.get())
+            .map_err(|err| vec![FieldError::at(index, "", err.to_string())])?,
+        other => {
+            return Err(vec![FieldError::at(
+                index,
+                "",
+                format!("each event must be a JSON object, got {other}"),
+            )]);
+        }
     };
     let mut errors = Vec::new();
     let mut fail =
         |field: &str, message: String| errors.push(FieldError::at(index, field, message));
 
-    for key in fields.keys() {
-        if !EVENT_FIELDS.contains(&key.as_str()) {
+    for (key, _) in &fields.0 {
+        if !EVENT_FIELDS.contains(&key.as_ref()) {
             fail(
                 key,
                 format!(
@@ -320,86 +468,61 @@ fn validate_event(
 
     let event_type = match fields.get("type") {
         None => Err("type is required".to_owned()),
-        Some(Value::String(text)) => {
-            EventType::parse(text).ok_or_else(|| EventType::unknown_message(text))
-        }
-        Some(other) => Err(format!("type must be a string, got {}", json_kind(other))),
+        Some(raw) => string("type", raw).and_then(|text| {
+            EventType::parse(&text).ok_or_else(|| EventType::unknown_message(&text))
+        }),
     };
     let event_type = event_type.map_err(|m| fail("type", m)).ok();
 
     let msg_id = match fields.get("msg_id") {
         None => Err("msg_id is required".to_owned()),
-        Some(Value::String(text)) => MsgId::parse(text),
-        Some(other) => Err(format!("msg_id must be a string, got {}", json_kind(other))),
+        Some(raw) => string("msg_id", raw).and_then(|text| MsgId::parse(&text)),
     };
     let msg_id = msg_id.map_err(|m| fail("msg_id", m)).ok();
 
     let account = match fields.get("account") {
         None => Ok(AccountId::default_account()),
-        Some(Value::String(text)) => AccountId::parse(text),
-        Some(other) => Err(format!(
-            "account must be a string, got {}",
-            json_kind(other)
-        )),
+        Some(raw) => string("account", raw).and_then(|text| AccountId::parse(&text)),
     };
     let account = account.map_err(|m| fail("account", m)).ok();
 
     let event_id = match fields.get("event_id") {
         None => Ok(None),
-        Some(Value::String(text)) => EventId::parse(text).map(Some),
-        Some(other) => Err(format!(
-            "event_id must be a string, got {}",
-            json_kind(other)
-        )),
+        Some(raw) => string("event_id", raw).and_then(|text| EventId::parse(&text).map(Some)),
     };
     let event_id = event_id.map_err(|m| fail("event_id", m)).ok();
 
     let timestamp_ms = match fields.get("timestamp") {
         None => Ok(now_ms),
-        Some(Value::String(text)) => parse_rfc3339_ms(text).ok_or_else(|| {
-            format!(
-                "timestamp `{}` is not an RFC 3339 date-time between 1970 and 9999 \
-                 (e.g. 2026-11-27T12:00:00Z)",
-                truncate(text, 64)
-            )
-        }),
-        // A whole number written with a fraction (`1795780800123.0`, as some JSON encoders
-        // write every number) is that whole number, as JSON Schema's `integer` says.
-        Some(Value::Number(n)) => match n.as_i64().or_else(|| whole_ms(n)) {
-            Some(ms) if (0..=TIMESTAMP_MS_MAX).contains(&ms) => Ok(ms),
-            _ => Err(format!(
-                "timestamp {n} is not Unix milliseconds between 0 and {TIMESTAMP_MS_MAX}"
-            )),
-        },
-        Some(other) => Err(format!(
-            "timestamp must be an RFC 3339 string or Unix milliseconds, got {}",
-            json_kind(other)
-        )),
+        Some(raw) => timestamp(raw),
     };
     let timestamp_ms = timestamp_ms.map_err(|m| fail("timestamp", m)).ok();
 
-    let email = match fields.remove("email") {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(email)) => validate_email(&email).map(|()| email),
-        Some(other) => Err((
-            "email".to_owned(),
-            format!("email must be an object, got {}", json_kind(&other)),
-        )),
+    let email = match fields.get("email") {
+        None => Ok(JsonObject::empty()),
+        Some(raw) => match raw_kind(raw) {
+            "null" => Ok(JsonObject::empty()),
+            "an object" => validate_email(raw).map(|()| compact(raw)),
+            other => Err((
+                "email".to_owned(),
+                format!("email must be an object, got {other}"),
+            )),
+        },
     };
     let email = email.map_err(|(field, m)| fail(&field, m)).ok();
 
-    let status = match fields.remove("status") {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(status)) => Ok(status),
-        Some(other) => Err(format!(
-            "status must be an object, got {}",
-            json_kind(&other)
-        )),
+    let status = match fields.get("status") {
+        None => Ok(JsonObject::empty()),
+        Some(raw) => match raw_kind(raw) {
+            "null" => Ok(JsonObject::empty()),
+            "an object" => Ok(compact(raw)),
+            other => Err(format!("status must be an object, got {other}")),
+        },
     };
     let status = status.map_err(|m| fail("status", m)).ok();
-    for (name, map) in [("email", &email), ("status", &status)] {
-        if let Some(map) = map
-            && let Some((path, len)) = long_string(map, name, string_bytes_max)
+    for (name, object) in [("email", &email), ("status", &status)] {
+        if let Some(object) = object
+            && let Some((path, len)) = long_string(object, name, string_bytes_max)
         {
             fail(
                 &path,
@@ -444,83 +567,178 @@ fn validate_event(
     }
 }
 
-/// A number with no fractional part within the timestamp range, as milliseconds.
-fn whole_ms(n: &serde_json::Number) -> Option<i64> {
-    let f = n.as_f64()?;
-    (f.fract() == 0.0 && (0.0..=TIMESTAMP_MS_MAX as f64).contains(&f)).then_some(f as i64)
-}
-
-/// Checks the well-known `email` keys; other keys pass through untouched.
-fn validate_email(email: &Map<String, Value>) -> Result<(), (String, String)> {
-    for key in ["subject", "from"] {
-        match email.get(key) {
-            None | Some(Value::Null | Value::String(_)) => {}
-            Some(other) => {
-                return Err((
-                    format!("email.{key}"),
-                    format!("email.{key} must be a string, got {}", json_kind(other)),
-                ));
+/// The `timestamp` field: an RFC 3339 string or Unix milliseconds.
+fn timestamp(raw: &RawValue) -> Result<i64, String> {
+    match raw_kind(raw) {
+        "a string" => {
+            let text = text(raw).unwrap_or_default();
+            parse_rfc3339_ms(&text).ok_or_else(|| {
+                format!(
+                    "timestamp `{}` is not an RFC 3339 date-time between 1970 and 9999 \
+                     (e.g. 2026-11-27T12:00:00Z)",
+                    truncate(&text, 64)
+                )
+            })
+        }
+        // A whole number written with a fraction (`1795780800123.0`, as some JSON encoders
+        // write every number) is that whole number, as JSON Schema's `integer` says.
+        "a number" => {
+            let n: serde_json::Number = serde_json::from_str(raw.get())
+                .map_err(|err| format!("timestamp {} is not a number: {err}", raw.get()))?;
+            match n.as_i64().or_else(|| whole_ms(&n)) {
+                Some(ms) if (0..=TIMESTAMP_MS_MAX).contains(&ms) => Ok(ms),
+                _ => Err(format!(
+                    "timestamp {n} is not Unix milliseconds between 0 and {TIMESTAMP_MS_MAX}"
+                )),
             }
         }
-    }
-    match email.get("to") {
-        None | Some(Value::Null | Value::String(_)) => {}
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
-        Some(other) => {
-            return Err((
-                "email.to".to_owned(),
-                format!(
-                    "email.to must be a string or an array of strings, got {}",
-                    json_kind(other)
-                ),
-            ));
-        }
-    }
-    match email.get("tags") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
-        Some(other) => {
-            return Err((
-                "email.tags".to_owned(),
-                format!(
-                    "email.tags must be an array of strings, got {}",
-                    json_kind(other)
-                ),
-            ));
-        }
-    }
-    match email.get("metadata") {
-        None | Some(Value::Null | Value::Object(_)) => Ok(()),
-        Some(other) => Err((
-            "email.metadata".to_owned(),
-            format!("email.metadata must be an object, got {}", json_kind(other)),
+        other => Err(format!(
+            "timestamp must be an RFC 3339 string or Unix milliseconds, got {other}"
         )),
     }
 }
 
-/// Nesting depth of arrays and objects (a scalar is 0). Iterative, so a hostile body cannot
-/// exhaust the stack here (serde_json itself refuses more than 128 levels while parsing).
-fn json_depth(value: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 1usize)];
-    while let Some((value, level)) = stack.pop() {
-        match value {
-            Value::Array(items) => {
-                deepest = deepest.max(level);
-                stack.extend(items.iter().map(|v| (v, level + 1)));
+/// Checks the well-known `email` keys; other keys pass through untouched.
+fn validate_email(email: &RawValue) -> Result<(), (String, String)> {
+    let members = serde_json::from_str::<Members<'_>>(email.get())
+        .map_err(|err| ("email".to_owned(), format!("email: {err}")))?;
+    let strings = |raw: &RawValue| {
+        serde_json::from_str::<Vec<&RawValue>>(raw.get())
+            .is_ok_and(|items| items.iter().all(|item| raw_kind(item) == "a string"))
+    };
+    for key in ["subject", "from"] {
+        match members.get(key).map(raw_kind) {
+            None | Some("null" | "a string") => {}
+            Some(other) => {
+                return Err((
+                    format!("email.{key}"),
+                    format!("email.{key} must be a string, got {other}"),
+                ));
             }
-            Value::Object(fields) => {
-                deepest = deepest.max(level);
-                stack.extend(fields.values().map(|v| (v, level + 1)));
+        }
+    }
+    match members.get("to") {
+        None => {}
+        Some(raw) => match raw_kind(raw) {
+            "null" | "a string" => {}
+            "an array" if strings(raw) => {}
+            other => {
+                return Err((
+                    "email.to".to_owned(),
+                    format!("email.to must be a string or an array of strings, got {other}"),
+                ));
             }
+        },
+    }
+    match members.get("tags") {
+        None => {}
+        Some(raw) => match raw_kind(raw) {
+            "null" => {}
+            "an array" if strings(raw) => {}
+            other => {
+                return Err((
+                    "email.tags".to_owned(),
+                    format!("email.tags must be an array of strings, got {other}"),
+                ));
+            }
+        },
+    }
+    match members.get("metadata").map(raw_kind) {
+        None | Some("null" | "an object") => Ok(()),
+        Some(other) => Err((
+            "email.metadata".to_owned(),
+            format!("email.metadata must be an object, got {other}"),
+        )),
+    }
+}
+
+/// The JSON text without the whitespace between tokens (strings are copied as they are).
+fn compact(raw: &RawValue) -> JsonObject {
+    let text = raw.get();
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    JsonObject(out)
+}
+
+/// Nesting depth of arrays and objects in valid JSON text (a scalar is 0): the deepest
+/// bracket outside strings. One pass, no stack, so a hostile body costs no more than its
+/// length here.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
     deepest
 }
 
-/// The first string or key over `max` bytes inside `map`, with its dotted path.
-fn long_string(map: &Map<String, Value>, prefix: &str, max: usize) -> Option<(String, usize)> {
+/// The kind of a JSON value from its first byte (the text is valid JSON).
+fn raw_kind(raw: &RawValue) -> &'static str {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// A number with no fractional part within the timestamp range, as milliseconds.
+fn whole_ms(n: &serde_json::Number) -> Option<i64> {
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && (0.0..=TIMESTAMP_MS_MAX as f64).contains(&f)).then_some(f as i64)
+}
+
+/// The first string or key over `max` bytes inside `object`, with its dotted path.
+///
+/// Cheap in the usual case: no string in a text of at most `max` bytes can be longer (an
+/// escape only makes the text longer than the string), so only larger objects are parsed.
+fn long_string(object: &JsonObject, prefix: &str, max: usize) -> Option<(String, usize)> {
+    if object.0.len() <= max {
+        return None;
+    }
+    long_string_in(&object.to_map(), prefix, max)
+}
+
+fn long_string_in(map: &Map<String, Value>, prefix: &str, max: usize) -> Option<(String, usize)> {
     for (key, value) in map {
         let path = format!("{prefix}.{}", truncate(key, 64));
         if key.len() > max {
@@ -528,12 +746,12 @@ fn long_string(map: &Map<String, Value>, prefix: &str, max: usize) -> Option<(St
         }
         let found = match value {
             Value::String(text) if text.len() > max => Some((path.clone(), text.len())),
-            Value::Object(inner) => long_string(inner, &path, max),
+            Value::Object(inner) => long_string_in(inner, &path, max),
             Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| match item {
                 Value::String(text) if text.len() > max => {
                     Some((format!("{path}[{i}]"), text.len()))
                 }
-                Value::Object(inner) => long_string(inner, &format!("{path}[{i}]"), max),
+                Value::Object(inner) => long_string_in(inner, &format!("{path}[{i}]"), max),
                 _ => None,
             }),
             _ => None,
@@ -617,6 +835,56 @@ mod tests {
         for bad in [json!(1.5), json!(-1.0), json!(1e300)] {
             let input = json!({"type": "send", "msg_id": "m", "timestamp": bad});
             assert_eq!(details(input), vec![(Some(0), "timestamp".to_owned())]);
+        }
+    }
+
+    #[test]
+    fn email_and_status_pass_through_as_sent_without_the_whitespace_between_tokens() {
+        let body = br#"{"type": "open", "msg_id": "m1", "event_id": "e1", "timestamp": 0,
+            "email": { "subject" : "two  spaces\t\"quoted\" \u00e9" , "to" : [ "a@b.c" ] },
+            "status": {"n": 1.50, "deep": {"x": [1, {"y": null}]}}}"#;
+        let events = parse_intake(body, LIMITS, NOW, &mut || unreachable!()).unwrap();
+        let rendered = String::from_utf8(events[0].render_payload()).unwrap();
+        assert!(
+            rendered.contains(
+                r#""email":{"subject":"two  spaces\t\"quoted\" \u00e9","to":["a@b.c"]},"status":{"n":1.50,"deep":{"x":[1,{"y":null}]}}"#
+            ),
+            "{rendered}"
+        );
+        let parsed: Value = serde_json::from_slice(&events[0].render_payload()).unwrap();
+        assert_eq!(parsed["email"]["subject"], "two  spaces\t\"quoted\" \u{e9}");
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_first_place_and_its_last_value_however_many_keys() {
+        // Few members (found by a scan) and many (found by hashing) must agree.
+        for extra in [0, 40] {
+            let mut text = String::from(r#"{"msg_id": "first", "type": "send""#);
+            for i in 0..extra {
+                text.push_str(&format!(r#", "x{i}": 1"#));
+            }
+            text.push_str(r#", "msg_id": "last"}"#);
+            let got = details_or_events(text.as_bytes());
+            match got {
+                Ok(events) => {
+                    assert_eq!(extra, 0);
+                    assert_eq!(events[0].msg_id.as_str(), "last");
+                }
+                Err(errors) => {
+                    // Each unknown key once, in order; msg_id is not among them.
+                    let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+                    let expected: Vec<String> = (0..extra).map(|i| format!("x{i}")).collect();
+                    assert_eq!(fields, expected);
+                }
+            }
+        }
+    }
+
+    fn details_or_events(body: &[u8]) -> Result<Vec<Event>, Vec<FieldError>> {
+        match parse_intake(body, LIMITS, NOW, &mut || EventId::parse("gen").unwrap()) {
+            Ok(events) => Ok(events),
+            Err(IntakeError::Invalid(errors)) => Err(errors),
+            Err(other) => panic!("expected events or field errors, got {other:?}"),
         }
     }
 

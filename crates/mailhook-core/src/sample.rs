@@ -99,9 +99,11 @@ mod tests {
             assert_eq!(event.msg_id.as_str(), "test-1");
             assert_eq!(event.timestamp_ms, 5, "time of receipt");
             assert!(!event.test, "intake never sets test; the API does");
-            let status: Vec<&str> = event.status.keys().map(String::as_str).collect();
+            let status = event.status.to_map();
+            let status: Vec<&str> = status.keys().map(String::as_str).collect();
             assert_eq!(status, keys, "{event_type}");
-            let email: Vec<&str> = event.email.keys().map(String::as_str).collect();
+            let email = event.email.to_map();
+            let email: Vec<&str> = email.keys().map(String::as_str).collect();
             assert_eq!(email, ["subject", "from", "to", "tags", "metadata"]);
         }
     }

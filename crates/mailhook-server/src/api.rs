@@ -361,9 +361,10 @@ impl Api {
             }
         }
         for event in events.iter_mut().filter(|e| e.is_engagement()) {
+            let status = event.status.to_map();
             let seen = Observed {
                 event_type: event.event_type,
-                status: &event.status,
+                status: &status,
                 delivered_at_ms: delivered
                     .get(&(event.account.clone(), event.msg_id.as_str().to_owned()))
                     .copied(),

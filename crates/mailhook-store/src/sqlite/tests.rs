@@ -107,8 +107,8 @@ fn event(account_name: &str, event_id: &str, msg_id: &str, timestamp_ms: i64) ->
         msg_id: MsgId::parse(msg_id).unwrap(),
         timestamp_ms,
         test: false,
-        email: serde_json::Map::new(),
-        status: serde_json::Map::new(),
+        email: mailhook_core::event::JsonObject::empty(),
+        status: mailhook_core::event::JsonObject::empty(),
         engagement: None,
     })
 }
