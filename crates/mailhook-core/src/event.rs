@@ -502,7 +502,8 @@ fn validate_event(
         None => Ok(JsonObject::empty()),
         Some(raw) => match raw_kind(raw) {
             "null" => Ok(JsonObject::empty()),
-            "an object" => validate_email(raw).map(|()| compact(raw)),
+            "an object" => validate_email(raw)
+                .and_then(|()| compact("email", raw).map_err(|m| ("email".to_owned(), m))),
             other => Err((
                 "email".to_owned(),
                 format!("email must be an object, got {other}"),
@@ -515,7 +516,7 @@ fn validate_event(
         None => Ok(JsonObject::empty()),
         Some(raw) => match raw_kind(raw) {
             "null" => Ok(JsonObject::empty()),
-            "an object" => Ok(compact(raw)),
+            "an object" => compact("status", raw),
             other => Err(format!("status must be an object, got {other}")),
         },
     };
@@ -653,29 +654,62 @@ fn validate_email(email: &RawValue) -> Result<(), (String, String)> {
 }
 
 /// The JSON text without the whitespace between tokens (strings are copied as they are).
-fn compact(raw: &RawValue) -> JsonObject {
-    let text = raw.get();
-    let mut out = String::with_capacity(text.len());
+///
+/// Also refuses a `\u` escape of a lone surrogate: a parser skipping over a value does not
+/// check them, and a receiver's parser may reject the whole body for one (a map built from
+/// the text refused them too).
+fn compact(name: &str, raw: &RawValue) -> Result<JsonObject, String> {
+    let text = raw.get().as_bytes();
+    let mut out = Vec::with_capacity(text.len());
     let mut in_string = false;
-    let mut escaped = false;
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
+    let mut i = 0;
+    while let Some(&b) = text.get(i) {
+        if !in_string {
+            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                in_string = b == b'"';
+                out.push(b);
             }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            if c == '"' {
-                in_string = true;
-            }
-            out.push(c);
+            i += 1;
+            continue;
         }
+        let escape_len = match b {
+            b'"' => {
+                in_string = false;
+                1
+            }
+            b'\\' if text.get(i + 1) == Some(&b'u') => {
+                let unit = |at: usize| {
+                    text.get(at..at + 4)
+                        .and_then(|hex| std::str::from_utf8(hex).ok())
+                        .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                };
+                match unit(i + 2) {
+                    Some(0xD800..=0xDBFF)
+                        if text.get(i + 6..i + 8) == Some(b"\\u")
+                            && matches!(unit(i + 8), Some(0xDC00..=0xDFFF)) =>
+                    {
+                        12
+                    }
+                    Some(0xD800..=0xDFFF) => {
+                        let escape = String::from_utf8_lossy(&text[i..(i + 6).min(text.len())]);
+                        return Err(format!(
+                            "{name} holds `{escape}`, half of a UTF-16 surrogate pair without the other half"
+                        ));
+                    }
+                    _ => 6,
+                }
+            }
+            b'\\' => 2,
+            _ => 1,
+        };
+        let end = (i + escape_len).min(text.len());
+        out.extend_from_slice(&text[i..end]);
+        i = end;
     }
-    JsonObject(out)
+    // Only ASCII whitespace was left out of valid UTF-8.
+    String::from_utf8(out)
+        .map(JsonObject)
+        .map_err(|err| format!("{name} is not UTF-8: {err}"))
 }
 
 /// Nesting depth of arrays and objects in valid JSON text (a scalar is 0): the deepest
@@ -853,6 +887,28 @@ mod tests {
         );
         let parsed: Value = serde_json::from_slice(&events[0].render_payload()).unwrap();
         assert_eq!(parsed["email"]["subject"], "two  spaces\t\"quoted\" \u{e9}");
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_refused_and_a_pair_passes() {
+        let body = |status: &str| {
+            format!(
+                r#"{{"type": "send", "msg_id": "m", "event_id": "e", "status": {{"s": "{status}"}}}}"#
+            )
+        };
+        for lone in [r"\ud800", r"x\uDC00", r"\ud800\u0041", r"\ud800"] {
+            let got = details_or_events(body(lone).as_bytes()).map(|_| ());
+            let errors = got.expect_err(lone);
+            assert_eq!(errors[0].field, "status", "{lone}");
+            assert!(
+                errors[0].message.contains("surrogate"),
+                "{}",
+                errors[0].message
+            );
+        }
+        let events = details_or_events(body(r"\ud83d\ude00 \u00e9").as_bytes()).unwrap();
+        let payload: Value = serde_json::from_slice(&events[0].render_payload()).unwrap();
+        assert_eq!(payload["status"]["s"], "\u{1f600} \u{e9}");
     }
 
     #[test]
