@@ -655,9 +655,9 @@ fn validate_email(email: &RawValue) -> Result<(), (String, String)> {
 
 /// The JSON text without the whitespace between tokens (strings are copied as they are).
 ///
-/// Also refuses a `\u` escape of a lone surrogate: a parser skipping over a value does not
-/// check them, and a receiver's parser may reject the whole body for one (a map built from
-/// the text refused them too).
+/// Also refuses what a parser skipping over a value lets through but a receiver's parser
+/// may reject the whole body for (a map built from the text refused both): a `\u` escape of
+/// a lone surrogate, and a number beyond a 64-bit float (`1e999`).
 fn compact(name: &str, raw: &RawValue) -> Result<JsonObject, String> {
     let text = raw.get().as_bytes();
     let mut out = Vec::with_capacity(text.len());
@@ -665,6 +665,26 @@ fn compact(name: &str, raw: &RawValue) -> Result<JsonObject, String> {
     let mut i = 0;
     while let Some(&b) = text.get(i) {
         if !in_string {
+            if b == b'-' || b.is_ascii_digit() {
+                let len = text[i..]
+                    .iter()
+                    .take_while(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .count();
+                let number = &text[i..i + len];
+                let finite = std::str::from_utf8(number)
+                    .ok()
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite);
+                if !finite {
+                    return Err(format!(
+                        "{name} holds the number `{}`, beyond what a 64-bit float holds",
+                        truncate(&String::from_utf8_lossy(number), 64)
+                    ));
+                }
+                out.extend_from_slice(number);
+                i += len;
+                continue;
+            }
             if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
                 in_string = b == b'"';
                 out.push(b);
@@ -909,6 +929,35 @@ mod tests {
         let events = details_or_events(body(r"\ud83d\ude00 \u00e9").as_bytes()).unwrap();
         let payload: Value = serde_json::from_slice(&events[0].render_payload()).unwrap();
         assert_eq!(payload["status"]["s"], "\u{1f600} \u{e9}");
+    }
+
+    #[test]
+    fn a_number_beyond_a_float_is_refused_and_others_pass_as_written() {
+        let body = |status: &str| {
+            format!(
+                r#"{{"type": "send", "msg_id": "m", "event_id": "e", "status": {{"n": {status}}}}}"#
+            )
+        };
+        for huge in ["1e999", "-1e400", &"9".repeat(400)] {
+            let errors = details_or_events(body(huge).as_bytes())
+                .map(|_| ())
+                .expect_err(huge);
+            assert_eq!(errors[0].field, "status", "{huge}");
+            assert!(
+                errors[0].message.contains("64-bit float"),
+                "{}",
+                errors[0].message
+            );
+        }
+        for fine in ["0", "-0.5", "1E3", "12345678901234567890", "2.5e-300"] {
+            let events = details_or_events(body(fine).as_bytes()).unwrap();
+            let payload = String::from_utf8(events[0].render_payload()).unwrap();
+            assert!(
+                payload.contains(&format!(r#""status":{{"n":{fine}}}"#)),
+                "{payload}"
+            );
+            serde_json::from_str::<Value>(&payload).unwrap();
+        }
     }
 
     #[test]
