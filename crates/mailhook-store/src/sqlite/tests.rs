@@ -508,6 +508,49 @@ async fn settings_first_save_sets_the_secret_later_saves_keep_it_and_rotation_ke
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_replay_ends_the_claim_of_a_recovery_round_so_its_late_completion_is_ignored() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .insert_events(vec![event("default", "e", "m", 1)])
+        .await
+        .unwrap();
+    let (_, first) = claim_ids(&store).await.pop().unwrap();
+    // Every address failed; the recovery round is due at once and a dispatcher takes it.
+    store
+        .complete(vec![Completion {
+            due_at_ms: Some(0),
+            ..at_rest(first, EventState::Failed, Some("status 503"))
+        }])
+        .await
+        .unwrap();
+    let (_, round) = claim_ids(&store).await.pop().unwrap();
+    assert!(round.token > first.token);
+    assert!(claim_ids(&store).await.is_empty(), "held by the round");
+
+    assert_eq!(
+        store.replay(&account("default"), None, 42).await.unwrap(),
+        ["e"]
+    );
+    // The round ends later, delivered: too late, the replay started the event over.
+    store
+        .complete(vec![at_rest(round, EventState::Delivered, None)])
+        .await
+        .unwrap();
+    let stored = store
+        .event(&account("default"), "e")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.state, stored.due_at_ms),
+        (EventState::Pending, Some(42))
+    );
+    let (_, replayed) = claim_ids(&store).await.pop().unwrap();
+    assert!(replayed.token > round.token);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn replay_requeues_only_failed_and_dead_events() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
