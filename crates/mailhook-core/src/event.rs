@@ -911,11 +911,7 @@ mod tests {
 
     #[test]
     fn a_lone_surrogate_escape_is_refused_and_a_pair_passes() {
-        let body = |status: &str| {
-            format!(
-                r#"{{"type": "send", "msg_id": "m", "event_id": "e", "status": {{"s": "{status}"}}}}"#
-            )
-        };
+        let body = |text: &str| with_status(&format!(r#"{{"s": "{text}"}}"#));
         for lone in [r"\ud800", r"x\uDC00", r"\ud800\u0041", r"\ud800"] {
             let got = details_or_events(body(lone).as_bytes()).map(|_| ());
             let errors = got.expect_err(lone);
@@ -933,11 +929,7 @@ mod tests {
 
     #[test]
     fn a_number_beyond_a_float_is_refused_and_others_pass_as_written() {
-        let body = |status: &str| {
-            format!(
-                r#"{{"type": "send", "msg_id": "m", "event_id": "e", "status": {{"n": {status}}}}}"#
-            )
-        };
+        let body = |number: &str| with_status(&format!(r#"{{"n": {number}}}"#));
         for huge in ["1e999", "-1e400", &"9".repeat(400)] {
             let errors = details_or_events(body(huge).as_bytes())
                 .map(|_| ())
@@ -983,6 +975,11 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One send event whose `status` is this JSON text.
+    fn with_status(status: &str) -> String {
+        format!(r#"{{"type": "send", "msg_id": "m", "event_id": "e", "status": {status}}}"#)
     }
 
     fn details_or_events(body: &[u8]) -> Result<Vec<Event>, Vec<FieldError>> {

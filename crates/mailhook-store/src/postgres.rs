@@ -341,13 +341,7 @@ impl Store for PostgresStore {
     async fn insert_events(&self, events: Vec<NewEvent>) -> Result<InsertOutcome> {
         if events.is_empty() {
             self.check_open()?;
-            return Ok(InsertOutcome {
-                accepted: 0,
-                duplicates: 0,
-                event_ids: Vec::new(),
-                stored: Vec::new(),
-                unique: Vec::new(),
-            });
+            return Ok(InsertOutcome::with_capacity(0));
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -484,27 +478,14 @@ impl Store for PostgresStore {
             .map(|row| Ok((rows::get(row, "account")?, rows::get(row, "event_id")?)))
             .collect::<Result<_>>()?;
         tx.commit().await?;
-        let mut outcome = InsertOutcome {
-            accepted: 0,
-            duplicates: 0,
-            event_ids: Vec::with_capacity(events.len()),
-            stored: Vec::with_capacity(events.len()),
-            unique: Vec::with_capacity(events.len()),
-        };
+        let mut outcome = InsertOutcome::with_capacity(events.len());
         for (i, NewEvent { event, .. }) in events.iter().enumerate() {
             // The first of the request's events with this key is the one stored.
             let stored = fresh.remove(&(
                 event.account.as_str().to_owned(),
                 event.event_id.as_str().to_owned(),
             ));
-            if stored {
-                outcome.accepted += 1;
-            } else {
-                outcome.duplicates += 1;
-            }
-            outcome.event_ids.push(event.event_id.as_str().to_owned());
-            outcome.stored.push(stored);
-            outcome.unique.push(stored && unique[i]);
+            outcome.record(event.event_id.as_str(), stored, unique[i]);
         }
         Ok(outcome)
     }

@@ -308,13 +308,7 @@ impl Store for SqliteStore {
     async fn insert_events(&self, events: Vec<NewEvent>) -> Result<InsertOutcome> {
         if events.is_empty() {
             self.check_open()?;
-            return Ok(InsertOutcome {
-                accepted: 0,
-                duplicates: 0,
-                event_ids: Vec::new(),
-                stored: Vec::new(),
-                unique: Vec::new(),
-            });
+            return Ok(InsertOutcome::with_capacity(0));
         }
         self.write(ops::Insert { events }).await
     }

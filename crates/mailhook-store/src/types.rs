@@ -27,6 +27,32 @@ pub struct InsertOutcome {
     pub unique: Vec<bool>,
 }
 
+impl InsertOutcome {
+    /// An outcome with room for `events` events and none counted yet.
+    pub fn with_capacity(events: usize) -> InsertOutcome {
+        InsertOutcome {
+            accepted: 0,
+            duplicates: 0,
+            event_ids: Vec::with_capacity(events),
+            stored: Vec::with_capacity(events),
+            unique: Vec::with_capacity(events),
+        }
+    }
+
+    /// Counts the request's next event: stored now or a duplicate, and whether it is the
+    /// first open (or click) of its MsgId.
+    pub fn record(&mut self, event_id: &str, stored: bool, unique: bool) {
+        if stored {
+            self.accepted += 1;
+        } else {
+            self.duplicates += 1;
+        }
+        self.event_ids.push(event_id.to_owned());
+        self.stored.push(stored);
+        self.unique.push(stored && unique);
+    }
+}
+
 /// Life states of an event, as the API shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventState {

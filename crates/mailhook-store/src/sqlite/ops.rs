@@ -67,14 +67,7 @@ fn insert(conn: &Connection, events: &[NewEvent]) -> Result<InsertOutcome> {
     // between this look and the insert.
     let mut seen_before = conn.prepare_cached(SEEN_BEFORE)?;
     let accepted_at_ms = now_ms();
-    let n = events.len();
-    let mut outcome = InsertOutcome {
-        accepted: 0,
-        duplicates: 0,
-        event_ids: Vec::with_capacity(n),
-        stored: Vec::with_capacity(n),
-        unique: Vec::with_capacity(n),
-    };
+    let mut outcome = InsertOutcome::with_capacity(events.len());
     for NewEvent { event, body } in events {
         let mut unique = false;
         let mut unique_body = None;
@@ -105,15 +98,7 @@ fn insert(conn: &Connection, events: &[NewEvent]) -> Result<InsertOutcome> {
             event.test,
             unique_body.as_ref().unwrap_or(body),
         ])?;
-        let stored = inserted == 1;
-        if stored {
-            outcome.accepted += 1;
-        } else {
-            outcome.duplicates += 1;
-        }
-        outcome.event_ids.push(event.event_id.as_str().to_owned());
-        outcome.stored.push(stored);
-        outcome.unique.push(stored && unique);
+        outcome.record(event.event_id.as_str(), inserted == 1, unique);
     }
     Ok(outcome)
 }
