@@ -231,8 +231,9 @@ async fn run_claims(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) -> Jo
             return tasks;
         }
         let room = inner.config.concurrency.saturating_sub(tasks.len());
-        // Below the refill mark, wait for more slots: a claim is a store write, and claiming
-        // the one or two slots each finished delivery frees would cost one per event.
+        // Below the refill mark, wait for more slots: a claim is a round trip to the store (a
+        // write on PostgreSQL, a turn of the writer thread on SQLite), and claiming the one or
+        // two slots each finished delivery frees would cost one per event.
         if room == 0 || (room < refill_mark(&inner.config) && !tasks.is_empty()) {
             tokio::select! {
                 _ = tasks.join_next() => {}
