@@ -112,7 +112,8 @@ pub(super) struct Claim {
 }
 
 /// The two claim lanes. Each one's predicate matches its partial index exactly, so SQLite
-/// walks that index, `(due_at_ms, id)`, in due order without reading a row.
+/// walks that index, `(due_at_ms, id)`, in due order; the first-attempt lane without reading
+/// a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lane {
     /// Events never attempted.
@@ -121,32 +122,35 @@ pub(super) enum Lane {
     Retry,
 }
 
+/// A lane's events in due order: `$columns` of those with `$lane` attempts `$due`.
+/// The predicate must stay the one of the lane's partial index (`schema.rs`).
+macro_rules! lane_sql {
+    ($columns:literal, $lane:literal, $due:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM events WHERE due_at_ms IS NOT NULL AND attempts ",
+            $lane,
+            $due,
+            " ORDER BY due_at_ms, id"
+        )
+    };
+}
+
 impl Lane {
     /// The lane's events due by `?1`, oldest due first.
     pub(super) fn due_sql(self) -> &'static str {
         match self {
-            Lane::First => {
-                "SELECT id FROM events WHERE due_at_ms IS NOT NULL AND attempts = 0
-                 AND due_at_ms <= ?1 ORDER BY due_at_ms, id"
-            }
-            Lane::Retry => {
-                "SELECT id FROM events WHERE due_at_ms IS NOT NULL AND attempts > 0
-                 AND due_at_ms <= ?1 ORDER BY due_at_ms, id"
-            }
+            Lane::First => lane_sql!("id", "= 0", " AND due_at_ms <= ?1"),
+            Lane::Retry => lane_sql!("id", "> 0", " AND due_at_ms <= ?1"),
         }
     }
 
     /// Every event of the lane with its due time, oldest due first.
-    fn queue_sql(self) -> &'static str {
+    pub(super) fn queue_sql(self) -> &'static str {
         match self {
-            Lane::First => {
-                "SELECT id, due_at_ms FROM events WHERE due_at_ms IS NOT NULL AND attempts = 0
-                 ORDER BY due_at_ms, id"
-            }
-            Lane::Retry => {
-                "SELECT id, due_at_ms FROM events WHERE due_at_ms IS NOT NULL AND attempts > 0
-                 ORDER BY due_at_ms, id"
-            }
+            Lane::First => lane_sql!("id, due_at_ms", "= 0", ""),
+            Lane::Retry => lane_sql!("id, due_at_ms", "> 0", ""),
         }
     }
 }
@@ -181,12 +185,13 @@ impl Claim {
             taken += 1;
             let mut found = one.query(params![id])?;
             let Some(row) = found.next()? else { continue };
-            match rows::job(row) {
-                Ok(mut job) => {
-                    job.lease_token = leases.grant(id, lease_until_ms);
-                    jobs.push(job);
+            let token = leases.grant(id, lease_until_ms);
+            match rows::job(row, token) {
+                Ok(job) => jobs.push(job),
+                Err(err) => {
+                    leases.revoke(id);
+                    unreadable.push((id, err));
                 }
-                Err(err) => unreadable.push((id, err)),
             }
         }
         Ok(())
@@ -237,8 +242,7 @@ impl Op for Claim {
         for (id, err) in unreadable {
             tracing::error!(id, error = %err, "parking an event whose row cannot be read");
             conn.execute(
-                "UPDATE events SET state = 'dead', detail = ?2, due_at_ms = NULL, leased = 0
-                 WHERE id = ?1",
+                "UPDATE events SET state = 'dead', detail = ?2, due_at_ms = NULL WHERE id = ?1",
                 params![id, err.to_string()],
             )?;
         }
@@ -293,7 +297,7 @@ impl Op for Complete {
         let mut update = conn.prepare_cached(
             "UPDATE events SET state = ?2, detail = ?3, delivered_to = ?4, due_at_ms = ?5,
                  addr_index = ?6, addr_tries = ?7, round = ?8, attempts = attempts + ?9,
-                 leased = 0, settled_at_ms = ?10
+                 settled_at_ms = ?10
              WHERE id = ?1",
         )?;
         // A held claim has one report; should a second of the same number come (a store
@@ -494,8 +498,7 @@ impl Op for Replay {
         // Its claim ends: a dispatcher still working on a recovery round of a listed event
         // cannot overwrite the replay with its late completion.
         const REQUEUE: &str = "UPDATE events SET state = 'pending', due_at_ms = ?2,
-                 addr_index = 0, addr_tries = 0, round = 0, detail = NULL, leased = 0,
-                 lease_token = lease_token + 1
+                 addr_index = 0, addr_tries = 0, round = 0, detail = NULL
              WHERE account = ?1 AND state IN ('failed', 'dead')";
         debug_assert_eq!(EventState::Failed.as_str(), "failed");
         debug_assert_eq!(EventState::Dead.as_str(), "dead");

@@ -16,17 +16,17 @@ use crate::{AttemptRecord, Error, EventRecord, EventState, Job, Result, StoredSe
 
 /// Reads a column, turning a value of the wrong type or range into `Corrupt`.
 pub(super) fn get<T: FromSql>(row: &Row<'_>, column: &str) -> Result<T> {
-    read(row, column, column)
+    get_at(row, column, column)
 }
 
-/// `get` by position, for hot queries whose columns are fixed (`JOB_BY_ID`): a lookup by
-/// name compares it with every column name (`sqlite3_column_name` and `strcmp` were ~1.3%
-/// of the gateway's CPU in a bench). `column` names it in errors.
-fn get_at<T: FromSql>(row: &Row<'_>, index: usize, column: &str) -> Result<T> {
-    read(row, index, column)
-}
-
-fn read<T: FromSql, I: rusqlite::RowIndex + Copy>(row: &Row<'_>, at: I, column: &str) -> Result<T> {
+/// `get` at `at`, a name or a position; `column` names it in errors. Hot queries whose
+/// columns are fixed (`JOB_BY_ID`) read by position: a lookup by name compares it with every
+/// column name (`sqlite3_column_name` and `strcmp` were ~1.3% of the gateway's CPU in a bench).
+fn get_at<T: FromSql, I: rusqlite::RowIndex + Copy>(
+    row: &Row<'_>,
+    at: I,
+    column: &str,
+) -> Result<T> {
     row.get(at).map_err(|err| match err {
         rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::InvalidColumnType(..)
@@ -85,11 +85,11 @@ fn timestamp(row: &Row<'_>, column: &str) -> Result<i64> {
 
 /// One event by id, with the columns `job` reads, in its order.
 pub(super) const JOB_BY_ID: &str = "SELECT id, account, event_id, msg_id, type, test, body, \
-     addr_index, addr_tries, round, attempts, accepted_at_ms, lease_token FROM events WHERE id = ?1";
+     addr_index, addr_tries, round, attempts, accepted_at_ms FROM events WHERE id = ?1";
 
-/// A claimed event, from a row of `JOB_BY_ID`.
-pub(super) fn job(row: &Row<'_>) -> Result<Job> {
-    let text = |index: usize, column: &str| get_at::<String>(row, index, column);
+/// The event claimed with `lease_token`, from a row of `JOB_BY_ID`.
+pub(super) fn job(row: &Row<'_>, lease_token: i64) -> Result<Job> {
+    let text = |index: usize, column: &str| get_at::<String, _>(row, index, column);
     let event_type: String = text(4, "type")?;
     let body = match row.get_ref(6)? {
         ValueRef::Blob(body) => Arc::from(body),
@@ -116,7 +116,7 @@ pub(super) fn job(row: &Row<'_>) -> Result<Job> {
         },
         attempts: get_at(row, 10, "attempts")?,
         accepted_at_ms: get_at(row, 11, "accepted_at_ms")?,
-        lease_token: get_at(row, 12, "lease_token")?,
+        lease_token,
     })
 }
 

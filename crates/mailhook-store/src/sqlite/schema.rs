@@ -174,6 +174,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 
 /// Events still leased at open were claimed by a run that crashed: the data directory is
 /// ours alone, so nobody is working on them. They are due at once, not after the lease.
+/// (Only versions before the in-memory leases of `leases.rs` wrote `leased` and
+/// `lease_token`; the columns stay for this and for older files.)
 fn recover_leases(conn: &Connection) -> Result<()> {
     let recovered = conn.execute(
         "UPDATE events SET leased = 0, due_at_ms = 0 WHERE leased = 1",

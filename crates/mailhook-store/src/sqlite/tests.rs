@@ -64,6 +64,39 @@ fn query_plan(
 }
 
 #[test]
+fn each_lane_is_walked_in_due_order_on_its_own_partial_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let conn = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
+    for (lane, index) in [
+        (ops::Lane::First, "events_due_first"),
+        (ops::Lane::Retry, "events_due_retry"),
+    ] {
+        for plan in [
+            query_plan(&conn, lane.due_sql(), [0]),
+            query_plan(&conn, lane.queue_sql(), []),
+        ] {
+            // The first-attempt lane, a backlog's under load, is walked without reading a
+            // row; the retry lane reads each row to check `attempts > 0` (SQLite proves only
+            // an equality from a partial index's predicate).
+            let expected = match lane {
+                ops::Lane::First => format!("USING COVERING INDEX {index}"),
+                ops::Lane::Retry => format!("USING INDEX {index}"),
+            };
+            assert!(
+                plan.iter().any(|s| s.contains(&expected)),
+                "{lane:?}: {plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|s| s.contains("TEMP B-TREE")),
+                "{lane:?}: {plan:?}"
+            );
+        }
+    }
+    drop(store);
+}
+
+#[test]
 fn reads_that_run_per_event_or_per_scrape_never_scan_the_events_table() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
