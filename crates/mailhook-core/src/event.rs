@@ -2,9 +2,9 @@
 //! rendered once into the exact JSON body every receiver gets.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
-use indexmap::IndexMap;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -363,8 +363,8 @@ impl<'de> Deserialize<'de> for Text<'de> {
 }
 
 /// An object's members in order, values unparsed. A key given twice keeps its first place
-/// and its last value, as a parsed map does (the same `IndexMap` serde_json's maps use).
-struct Members<'a>(IndexMap<Cow<'a, str>, &'a RawValue>);
+/// and its last value, as a parsed map would.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Members<'de>, D::Error> {
@@ -375,9 +375,30 @@ impl<'de> Deserialize<'de> for Members<'de> {
                 f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = IndexMap::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                let mut members: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                // Past a few members, repeats are found by hashing, not by a scan: a body
+                // of a million keys must not cost a million squared comparisons.
+                let mut places: HashMap<Cow<'de, str>, usize> = HashMap::new();
                 while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-                    members.insert(key, map.next_value()?);
+                    let value: &'de RawValue = map.next_value()?;
+                    let place = if places.is_empty() && members.len() < SCAN_MEMBERS_MAX {
+                        members.iter().position(|(k, _)| *k == key)
+                    } else {
+                        if places.is_empty() {
+                            let known = members.iter().enumerate();
+                            places.extend(known.map(|(i, (k, _))| (k.clone(), i)));
+                        }
+                        places.get(&key).copied()
+                    };
+                    match place {
+                        Some(i) => members[i].1 = value,
+                        None => {
+                            if !places.is_empty() {
+                                places.insert(key.clone(), members.len());
+                            }
+                            members.push((key, value));
+                        }
+                    }
                 }
                 Ok(Members(members))
             }
@@ -386,9 +407,12 @@ impl<'de> Deserialize<'de> for Members<'de> {
     }
 }
 
+/// Members up to which a repeated key is found by a scan.
+const SCAN_MEMBERS_MAX: usize = 16;
+
 impl<'a> Members<'a> {
     fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.get(key).copied()
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 }
 
@@ -429,7 +453,7 @@ fn validate_event(
     let mut fail =
         |field: &str, message: String| errors.push(FieldError::at(index, field, message));
 
-    for key in fields.0.keys() {
+    for (key, _) in &fields.0 {
         if !EVENT_FIELDS.contains(&key.as_ref()) {
             fail(
                 key,
