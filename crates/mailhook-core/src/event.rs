@@ -363,7 +363,9 @@ impl<'de> Deserialize<'de> for Text<'de> {
 }
 
 /// An object's members in order, values unparsed. A key given twice keeps its first place
-/// and its last value, as a parsed map would.
+/// and its last value, as a parsed map would. Not an `IndexMap`: hashing every member of
+/// every event cost ~8% of intake's CPU (batched intake-only bench); an event has a handful
+/// of members, so a scan finds repeats, and hashing starts only past `SCAN_MEMBERS_MAX`.
 struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Members<'de> {
