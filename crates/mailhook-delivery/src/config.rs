@@ -36,7 +36,8 @@ pub struct DeliveryConfig {
     /// How long an open circuit skips its address before one probe.
     #[serde(with = "humantime_serde")]
     pub circuit_cooldown: Duration,
-    /// Events being delivered at once, across all addresses.
+    /// Events claimed and being delivered at once, across all addresses: those in flight and
+    /// those waiting in memory for a slot of their address.
     pub concurrency: usize,
     /// Requests in flight to one address at once; as many more events may wait for a slot,
     /// the rest are deferred in the store (see `address.rs`: head-of-line isolation).
@@ -77,7 +78,7 @@ impl Default for DeliveryConfig {
             retry_after_max: retry.retry_after_max,
             circuit_failure_threshold: breaker.failure_threshold,
             circuit_cooldown: breaker.cooldown,
-            concurrency: 256,
+            concurrency: 1024,
             in_flight_per_address_max: 64,
             claim_batch_max: 512,
             lease: Duration::from_secs(300),

@@ -59,7 +59,7 @@ pub struct Measured {
 pub async fn run(
     events: usize,
     clients: usize,
-    delivery_concurrency: usize,
+    delivery_concurrency: Option<usize>,
     payloads: &Arc<Payloads>,
     bin: &Path,
     dir: &Path,

@@ -39,7 +39,8 @@ const CLOCK_TICKS_PER_S: f64 = 100.0;
 pub struct Settings<'a> {
     pub data_dir: &'a Path,
     pub sink_url: &'a str,
-    pub delivery_concurrency: usize,
+    /// `None` keeps the gateway's default.
+    pub delivery_concurrency: Option<usize>,
     /// `delivery.in_flight_per_address_max`; `None` keeps the gateway's default.
     pub in_flight_per_address: Option<usize>,
     /// `store.url`; `None` keeps the embedded SQLite store in `data_dir`.
@@ -168,7 +169,10 @@ impl Gateway {
 
 /// The config file: loopback, fixed tokens, one account pushing every type to the sink.
 fn config_toml(addr: SocketAddr, settings: &Settings<'_>) -> Result<String> {
-    let mut delivery = serde_json::json!({ "concurrency": settings.delivery_concurrency });
+    let mut delivery = serde_json::json!({});
+    if let Some(concurrency) = settings.delivery_concurrency {
+        delivery["concurrency"] = concurrency.into();
+    }
     if settings.hold_failures {
         delivery["retries_per_address"] = 0.into();
         delivery["recovery_schedule"] = serde_json::json!(["1h"]);
