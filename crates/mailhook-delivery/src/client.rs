@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -20,6 +20,15 @@ use crate::tls::{KeepTlsErrors, TlsErrorSlot, describe_tls_error, tls_cause};
 
 /// What every push says it is: `mailhook/<version>`.
 const USER_AGENT: &str = concat!("mailhook/", env!("CARGO_PKG_VERSION"));
+
+const JSON: &str = "application/json";
+/// Headers of every attempt: content type, user agent and the five below.
+const ATTEMPT_HEADERS: usize = 7;
+const WEBHOOK_ID: &str = "webhook-id";
+const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+const WEBHOOK_SIGNATURE: &str = "webhook-signature";
+const MAILHOOK_ATTEMPT: &str = "mailhook-attempt";
+const MAILHOOK_ADDRESS: &str = "mailhook-address";
 
 /// The headers of one attempt, besides content type and user agent.
 #[derive(Debug, Clone)]
@@ -115,7 +124,7 @@ impl HttpClient {
     /// POSTs `body` to `url`. Never fails: every problem becomes a failed result.
     pub async fn post(&self, url: &str, body: Bytes, headers: &AttemptHeaders) -> AttemptResult {
         let started = Instant::now();
-        let request = match self.request(url, body, headers) {
+        let request = match Self::request(url, body, headers) {
             Ok(request) => request,
             Err(error) => return failed(AttemptKind::Other, error, started.elapsed()),
         };
@@ -190,12 +199,7 @@ impl HttpClient {
         }
     }
 
-    fn request(
-        &self,
-        url: &str,
-        body: Bytes,
-        h: &AttemptHeaders,
-    ) -> Result<Request<Full<Bytes>>, String> {
+    fn request(url: &str, body: Bytes, h: &AttemptHeaders) -> Result<Request<Full<Bytes>>, String> {
         let uri: http::Uri = url
             .parse()
             .map_err(|err| format!("invalid address `{url}`: {err}"))?;
@@ -204,26 +208,50 @@ impl HttpClient {
                 "scheme of `{url}` is not supported: only http and https"
             ));
         }
-        let mut request = Request::builder().method(Method::POST).uri(uri);
-        for (name, value) in self.headers(h) {
-            request = request.header(name, value);
-        }
-        request
-            .body(Full::new(body))
-            .map_err(|err| format!("cannot build request: {err}"))
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        // Names known at compile time and values checked once: the builder would parse
+        // each name and copy each value again, for every attempt.
+        let invalid = |name: &str| format!("cannot build request: invalid `{name}` header value");
+        let headers = request.headers_mut();
+        headers.reserve(ATTEMPT_HEADERS);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        headers.insert(
+            HeaderName::from_static(WEBHOOK_ID),
+            HeaderValue::from_str(&h.webhook_id).map_err(|_| invalid(WEBHOOK_ID))?,
+        );
+        headers.insert(
+            HeaderName::from_static(WEBHOOK_TIMESTAMP),
+            HeaderValue::from(h.webhook_timestamp),
+        );
+        headers.insert(
+            HeaderName::from_static(WEBHOOK_SIGNATURE),
+            HeaderValue::from_str(&h.webhook_signature).map_err(|_| invalid(WEBHOOK_SIGNATURE))?,
+        );
+        headers.insert(
+            HeaderName::from_static(MAILHOOK_ATTEMPT),
+            HeaderValue::from(h.attempt),
+        );
+        headers.insert(
+            HeaderName::from_static(MAILHOOK_ADDRESS),
+            HeaderValue::from_static(h.address_role),
+        );
+        Ok(request)
     }
 
-    /// Every header an attempt is sent with, in order. The one list both the request and
-    /// a test push's report ("which headers were sent") are made from, so they cannot differ.
-    pub fn headers(&self, h: &AttemptHeaders) -> [(&'static str, String); 7] {
+    /// Every header an attempt is sent with, in order, as a test push reports them ("which
+    /// headers were sent"). `request` sets the same; a test checks the two agree.
+    pub fn headers(h: &AttemptHeaders) -> [(&'static str, String); ATTEMPT_HEADERS] {
         [
-            (header::CONTENT_TYPE.as_str(), "application/json".to_owned()),
+            (header::CONTENT_TYPE.as_str(), JSON.to_owned()),
             (header::USER_AGENT.as_str(), USER_AGENT.to_owned()),
-            ("webhook-id", h.webhook_id.clone()),
-            ("webhook-timestamp", h.webhook_timestamp.to_string()),
-            ("webhook-signature", h.webhook_signature.clone()),
-            ("mailhook-attempt", h.attempt.to_string()),
-            ("mailhook-address", h.address_role.to_owned()),
+            (WEBHOOK_ID, h.webhook_id.clone()),
+            (WEBHOOK_TIMESTAMP, h.webhook_timestamp.to_string()),
+            (WEBHOOK_SIGNATURE, h.webhook_signature.clone()),
+            (MAILHOOK_ATTEMPT, h.attempt.to_string()),
+            (MAILHOOK_ADDRESS, h.address_role.to_owned()),
         ]
     }
 
@@ -232,19 +260,24 @@ impl HttpClient {
         &self,
         mut request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Option<Duration>), Failure> {
-        let connection = capture_connection(&mut request);
+        // Only a TLS stream keeps an error for later; plain HTTP skips the capture (a
+        // channel per request).
+        let connection = (request.uri().scheme() == Some(&http::uri::Scheme::HTTPS))
+            .then(|| capture_connection(&mut request));
         let response = self.client.request(request).await.map_err(|err| {
             // What the connection itself died of, when hyper only says "connection closed".
-            let tls_error = connection
-                .connection_metadata()
-                .as_ref()
-                .and_then(|connected| {
-                    let mut extras = http::Extensions::new();
-                    connected.get_extras(&mut extras);
-                    extras
-                        .get::<TlsErrorSlot>()
-                        .and_then(|slot| slot.get().map(str::to_owned))
-                });
+            let tls_error = connection.as_ref().and_then(|connection| {
+                connection
+                    .connection_metadata()
+                    .as_ref()
+                    .and_then(|connected| {
+                        let mut extras = http::Extensions::new();
+                        connected.get_extras(&mut extras);
+                        extras
+                            .get::<TlsErrorSlot>()
+                            .and_then(|slot| slot.get().map(str::to_owned))
+                    })
+            });
             describe_client_error(&err, tls_error)
         })?;
         let status = response.status();
@@ -394,6 +427,44 @@ fn humantime_format(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_carries_exactly_the_headers_a_test_push_reports() {
+        let h = AttemptHeaders {
+            webhook_id: "evt-1".to_owned(),
+            webhook_timestamp: 1_700_000_000,
+            webhook_signature: "v1,abc=".to_owned(),
+            attempt: 2,
+            address_role: "backup-1",
+        };
+        let request = HttpClient::request("http://127.0.0.1:9/hook", Bytes::from_static(b"{}"), &h)
+            .expect("a valid request");
+        let sent: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap().to_owned()))
+            .collect();
+        let reported: Vec<(String, String)> = HttpClient::headers(&h)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        assert_eq!(sent, reported);
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "http://127.0.0.1:9/hook");
+    }
+
+    #[test]
+    fn a_header_value_that_cannot_be_sent_is_an_error_naming_the_header() {
+        let h = AttemptHeaders {
+            webhook_id: "evt\n1".to_owned(),
+            webhook_timestamp: 1,
+            webhook_signature: "v1,abc=".to_owned(),
+            attempt: 1,
+            address_role: "primary",
+        };
+        let err = HttpClient::request("http://127.0.0.1:9/", Bytes::new(), &h).unwrap_err();
+        assert!(err.contains("webhook-id"), "{err}");
+    }
 
     #[test]
     fn classifies_statuses() {

@@ -579,10 +579,15 @@ async fn attempt(
         .metrics
         .attempt(index, attempt_label(result.kind), result.duration);
     let success = result.error.is_none();
-    let transition = lock(&inner.breakers)
-        .entry(url.to_owned())
-        .or_default()
-        .record(&inner.breaker_policy, success, now_ms());
+    let transition = {
+        // Looked up by `&str` first: the URL is copied into the table only once.
+        let mut breakers = lock(&inner.breakers);
+        let breaker = match breakers.get_mut(url) {
+            Some(breaker) => breaker,
+            None => breakers.entry(url.to_owned()).or_default(),
+        };
+        breaker.record(&inner.breaker_policy, success, now_ms())
+    };
     match transition {
         Some(Transition::Opened) => {
             inner.metrics.circuit_opened(index);
@@ -611,9 +616,7 @@ async fn attempt(
         // A sink plugin gets the body, not HTTP headers: report none for it.
         let headers = match settings.settings.addresses[index].plugin() {
             Some(_) => Vec::new(),
-            None => inner
-                .client
-                .headers(&headers)
+            None => HttpClient::headers(&headers)
                 .map(|(name, value)| (name.to_owned(), value))
                 .to_vec(),
         };
