@@ -9,6 +9,7 @@
 //! a completion or a release only means an event is delivered again, which at-least-once
 //! delivery allows.
 
+mod counts;
 mod leases;
 mod ops;
 mod reads;

@@ -14,11 +14,16 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// One held claim: the token a completion or release must present, and when it ends.
+use crate::EventState;
+
+/// One held claim: the token a completion or release must present, when it ends, and the
+/// state the event was claimed in (its completion moves its count from there: nothing but a
+/// replay, which revokes the claim, changes the state of a held event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Held {
     token: i64,
     until_ms: i64,
+    state: EventState,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -37,22 +42,31 @@ impl Leases {
 
     /// Claims event `id` until `until_ms` and returns the new token; a claim whose lease
     /// ended is replaced, so its late completion is ignored.
-    pub(super) fn grant(&mut self, id: i64, until_ms: i64) -> i64 {
+    pub(super) fn grant(&mut self, id: i64, until_ms: i64, state: EventState) -> i64 {
         self.last_token += 1;
         let token = self.last_token;
-        self.held.insert(id, Held { token, until_ms });
+        self.held.insert(
+            id,
+            Held {
+                token,
+                until_ms,
+                state,
+            },
+        );
         token
     }
 
     /// Ends the claim of `id` if `token` is its latest; false when it is not (the lease ran
     /// out and another claim took the event) or there is none (completed or released already).
     pub(super) fn end(&mut self, id: i64, token: i64) -> bool {
+        self.end_claim(id, token).is_some()
+    }
+
+    /// As [`Leases::end`], answering with the state the event was claimed in.
+    pub(super) fn end_claim(&mut self, id: i64, token: i64) -> Option<EventState> {
         match self.held.get(&id) {
-            Some(held) if held.token == token => {
-                self.held.remove(&id);
-                true
-            }
-            _ => false,
+            Some(held) if held.token == token => self.held.remove(&id).map(|held| held.state),
+            _ => None,
         }
     }
 
@@ -95,24 +109,29 @@ const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 #[cfg(test)]
 mod tests {
     use super::Leases;
+    use crate::EventState;
 
     #[test]
     fn a_lease_is_held_until_it_ends_and_only_its_latest_token_ends_it() {
         let mut leases = Leases::default();
-        let first = leases.grant(7, 1_000);
+        let first = leases.grant(7, 1_000, EventState::Pending);
         assert!(leases.is_held(7, 999));
         assert!(!leases.is_held(7, 1_000), "ended at its end time");
         assert!(!leases.is_held(8, 0));
         // Claimed again after the end: the first claim's token no longer counts.
-        let second = leases.grant(7, 2_000);
+        let second = leases.grant(7, 2_000, EventState::Failed);
         assert!(second > first);
         assert!(!leases.end(7, first));
         assert!(leases.is_held(7, 1_500));
         assert_eq!(leases.first_end_ms(), Some(2_000));
-        assert!(leases.end(7, second));
+        assert_eq!(
+            leases.end_claim(7, second),
+            Some(EventState::Failed),
+            "the state it was claimed in"
+        );
         assert!(!leases.end(7, second), "ended once");
         assert_eq!(leases.first_end_ms(), None);
-        leases.grant(9, 5);
+        leases.grant(9, 5, EventState::Pending);
         leases.revoke(9);
         assert!(!leases.is_held(9, 0));
     }

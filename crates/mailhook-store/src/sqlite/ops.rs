@@ -4,6 +4,7 @@ use mailhook_core::signature::Secret;
 use mailhook_core::{AccountId, WebhookSettings};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::counts::Counts;
 use super::leases::Leases;
 use super::{now_ms, rows};
 use crate::{Completion, EventState, InsertOutcome, Job, Lease, NewEvent, Result, StoredSettings};
@@ -23,8 +24,16 @@ pub(super) trait Op: Send + 'static {
         1
     }
 
-    /// `leases` is the writer's table of held claims (`leases.rs`).
-    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Self::Output>;
+    /// `memory` is what the writer keeps next to the database: held claims (`leases.rs`)
+    /// and the changes to event counts (`counts.rs`) of the transaction.
+    fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<Self::Output>;
+}
+
+/// What the writer thread keeps in memory next to the database.
+#[derive(Debug, Default)]
+pub(super) struct Memory {
+    pub leases: Leases,
+    pub counts: Counts,
 }
 
 /// Whether an event of this (account, MsgId, type) is stored already: the exact "first open
@@ -35,6 +44,47 @@ pub(super) trait Op: Send + 'static {
 pub(super) const SEEN_BEFORE: &str =
     "SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_by_message
      WHERE account = ?1 AND msg_id = ?2 AND type = ?3)";
+
+/// What an event is counted as in `event_counts`: account, type, test flag, state.
+pub(super) struct Kind {
+    account: String,
+    event_type: mailhook_core::EventType,
+    test: bool,
+    state: EventState,
+}
+
+impl Kind {
+    /// Counts the event as in `to` instead.
+    fn moved(&self, counts: &mut Counts, to: EventState) {
+        counts.moved(&self.account, self.event_type, self.test, self.state, to);
+    }
+}
+
+/// The kind of event `id`, or `None` when it is not stored or its row cannot be read (its
+/// count is then left alone: a row SQLite cannot read was counted as what it was).
+fn kind_of(conn: &Connection, id: i64) -> Option<Kind> {
+    let found = conn
+        .prepare_cached("SELECT account, type, test, state FROM events WHERE id = ?1")
+        .and_then(|mut select| {
+            select
+                .query_row([id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, bool>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                })
+                .optional()
+        });
+    let (account, event_type, test, state) = found.ok().flatten()?;
+    Some(Kind {
+        account,
+        event_type: mailhook_core::EventType::parse(&event_type)?,
+        test,
+        state: EventState::parse(&state)?,
+    })
+}
 
 pub(super) struct Insert {
     pub events: Vec<NewEvent>,
@@ -48,13 +98,13 @@ impl Op for Insert {
         self.events.len()
     }
 
-    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<InsertOutcome> {
-        insert(conn, &self.events)
+    fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<InsertOutcome> {
+        insert(conn, &self.events, &mut memory.counts)
     }
 }
 
 /// Stores `events`, each new one due at once.
-fn insert(conn: &Connection, events: &[NewEvent]) -> Result<InsertOutcome> {
+fn insert(conn: &Connection, events: &[NewEvent], counts: &mut Counts) -> Result<InsertOutcome> {
     // Conflicts count as duplicates; that covers an event stored earlier, one repeated
     // in this batch, and one inserted by another request of the same group.
     let mut insert = conn.prepare_cached(
@@ -98,6 +148,15 @@ fn insert(conn: &Connection, events: &[NewEvent]) -> Result<InsertOutcome> {
             event.test,
             unique_body.as_ref().unwrap_or(body),
         ])?;
+        if inserted == 1 {
+            counts.add(
+                event.account.as_str(),
+                event.event_type,
+                event.test,
+                EventState::Pending,
+                1,
+            );
+        }
         outcome.record(event.event_id.as_str(), inserted == 1, unique);
     }
     Ok(outcome)
@@ -185,8 +244,12 @@ impl Claim {
             taken += 1;
             let mut found = one.query(params![id])?;
             let Some(row) = found.next()? else { continue };
-            let token = leases.grant(id, lease_until_ms);
-            match rows::job(row, token) {
+            // The state it was claimed in: its completion moves its count from there.
+            let claimed = rows::job_state(row).and_then(|state| {
+                let token = leases.grant(id, lease_until_ms, state);
+                rows::job(row, token)
+            });
+            match claimed {
                 Ok(job) => jobs.push(job),
                 Err(err) => {
                     leases.revoke(id);
@@ -202,7 +265,7 @@ impl Op for Claim {
     type Output = Vec<Job>;
     const DURABLE: bool = false;
 
-    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Vec<Job>> {
+    fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<Vec<Job>> {
         let mut jobs = Vec::new();
         let mut unreadable = Vec::new();
         let retry_share = self.retry_share.min(self.limit);
@@ -211,7 +274,7 @@ impl Op for Claim {
         // backlog's, under load) is then walked once per claim.
         self.lane(
             conn,
-            leases,
+            &mut memory.leases,
             Lane::Retry,
             retry_share,
             &mut jobs,
@@ -220,7 +283,7 @@ impl Op for Claim {
         let claimed = jobs.len() + unreadable.len();
         self.lane(
             conn,
-            leases,
+            &mut memory.leases,
             Lane::First,
             self.limit - claimed,
             &mut jobs,
@@ -230,7 +293,7 @@ impl Op for Claim {
         if claimed < self.limit {
             self.lane(
                 conn,
-                leases,
+                &mut memory.leases,
                 Lane::Retry,
                 self.limit - claimed,
                 &mut jobs,
@@ -241,10 +304,14 @@ impl Op for Claim {
         // as dead with the reason instead, where the failures list shows it.
         for (id, err) in unreadable {
             tracing::error!(id, error = %err, "parking an event whose row cannot be read");
+            let kind = kind_of(conn, id);
             conn.execute(
                 "UPDATE events SET state = 'dead', detail = ?2, due_at_ms = NULL WHERE id = ?1",
                 params![id, err.to_string()],
             )?;
+            if let Some(kind) = kind {
+                kind.moved(&mut memory.counts, EventState::Dead);
+            }
         }
         // The set is the oldest due of each lane; insertion order within it keeps the events
         // of one email in the order they came.
@@ -264,7 +331,8 @@ impl Op for NextDueAt {
     const DURABLE: bool = false;
     const WRITES: bool = false;
 
-    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Option<i64>> {
+    fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<Option<i64>> {
+        let leases = &memory.leases;
         let mut next = leases.first_end_ms();
         for lane in [Lane::First, Lane::Retry] {
             let mut queue = conn.prepare_cached(lane.queue_sql())?;
@@ -293,12 +361,13 @@ impl Op for Complete {
         self.completions.len()
     }
 
-    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<()> {
+    fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<()> {
         let mut update = conn.prepare_cached(
             "UPDATE events SET state = ?2, detail = ?3, delivered_to = ?4, due_at_ms = ?5,
                  addr_index = ?6, addr_tries = ?7, round = ?8, attempts = attempts + ?9,
                  settled_at_ms = ?10
-             WHERE id = ?1",
+             WHERE id = ?1
+             RETURNING account, type, test",
         )?;
         // A held claim has one report; should a second of the same number come (a store
         // restored from a backup), the later report wins, like the event's columns.
@@ -313,9 +382,9 @@ impl Op for Complete {
         for c in &self.completions {
             // Only the latest claim may write: a dispatcher whose lease ran out (and whose
             // event another claim took over) must not overwrite the newer outcome.
-            let latest = leases.end(c.id, c.lease_token);
-            let updated = if latest {
-                update.execute(params![
+            let claimed_as = memory.leases.end_claim(c.id, c.lease_token);
+            let updated = if let Some(from) = claimed_as {
+                let mut returned = update.query(params![
                     c.id,
                     c.state.as_str(),
                     c.detail,
@@ -326,7 +395,20 @@ impl Op for Complete {
                     c.pos.round,
                     c.attempts.len(),
                     c.state.is_settled().then_some(now),
-                ])?
+                ])?;
+                match returned.next()? {
+                    Some(row) => {
+                        // Borrowed from the row: no copy of the account per completion.
+                        let account = rows::text_at(row, 0, "account")?;
+                        let event_type = rows::event_type_at(row, 1)?;
+                        let test: bool = row.get(2)?;
+                        memory
+                            .counts
+                            .moved(account, event_type, test, from, c.state);
+                        1
+                    }
+                    None => 0,
+                }
             } else {
                 0
             };
@@ -368,7 +450,7 @@ impl Op for Release {
         self.leases.len()
     }
 
-    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<()> {
+    fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<()> {
         // Only a held claim can be ended, and only by its latest token: releasing an event
         // already completed (and at rest), or claimed again since, must not make it due and
         // deliver it again.
@@ -376,7 +458,7 @@ impl Op for Release {
             "UPDATE events SET due_at_ms = 0 WHERE id = ?1 AND due_at_ms IS NOT NULL",
         )?;
         for lease in &self.leases {
-            if leases.end(lease.id, lease.token) {
+            if memory.leases.end(lease.id, lease.token) {
                 release.execute(params![lease.id])?;
             }
         }
@@ -397,15 +479,26 @@ impl Op for Prune {
         self.batch_max
     }
 
-    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<usize> {
+    fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<usize> {
         // Attempts go with their event (ON DELETE CASCADE; the writer has foreign keys on).
         let mut prune = conn.prepare_cached(
             "DELETE FROM events WHERE id IN (SELECT id FROM events
                  WHERE settled_at_ms IS NOT NULL AND settled_at_ms < ?1
-                 ORDER BY settled_at_ms LIMIT ?2)",
+                 ORDER BY settled_at_ms LIMIT ?2)
+             RETURNING account, type, test, state",
         )?;
         let limit = i64::try_from(self.batch_max).unwrap_or(i64::MAX);
-        Ok(prune.execute(params![self.settled_before_ms, limit])?)
+        let mut pruned = prune.query(params![self.settled_before_ms, limit])?;
+        let mut deleted = 0;
+        while let Some(row) = pruned.next()? {
+            deleted += 1;
+            let account = rows::text_at(row, 0, "account")?;
+            let event_type = rows::event_type_at(row, 1)?;
+            let test: bool = row.get(2)?;
+            let state = rows::state_at(row, 3)?;
+            memory.counts.add(account, event_type, test, state, -1);
+        }
+        Ok(deleted)
     }
 }
 
@@ -420,7 +513,7 @@ impl Op for PutSettings {
     type Output = StoredSettings;
     const DURABLE: bool = true;
 
-    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<StoredSettings> {
+    fn apply(&self, conn: &Connection, _memory: &mut Memory) -> Result<StoredSettings> {
         let addresses: Vec<&str> = self.settings.addresses.iter().map(|a| a.as_str()).collect();
         let events: Vec<&str> = self.settings.events.iter().map(|t| t.as_str()).collect();
         // The secret is only written by the insert: a later save keeps the secret (and the
@@ -462,7 +555,7 @@ impl Op for RotateSecret {
     type Output = Option<StoredSettings>;
     const DURABLE: bool = true;
 
-    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<Option<StoredSettings>> {
+    fn apply(&self, conn: &Connection, _memory: &mut Memory) -> Result<Option<StoredSettings>> {
         let mut rotate = conn.prepare_cached(
             "UPDATE settings SET previous_secret = secret, previous_until_ms = ?2,
                  secret = ?3, updated_at_ms = ?4
@@ -494,7 +587,7 @@ impl Op for Replay {
         self.event_ids.as_ref().map_or(1, Vec::len)
     }
 
-    fn apply(&self, conn: &Connection, leases: &mut Leases) -> Result<Vec<String>> {
+    fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<Vec<String>> {
         // Its claim ends: a dispatcher still working on a recovery round of a listed event
         // cannot overwrite the replay with its late completion.
         const REQUEUE: &str = "UPDATE events SET state = 'pending', due_at_ms = ?2,
@@ -505,6 +598,22 @@ impl Op for Replay {
         let account = self.account.as_str();
         match &self.event_ids {
             None => {
+                // What is about to be requeued, counted before it is.
+                let mut kinds = conn.prepare_cached(
+                    "SELECT type, test, state, COUNT(*) FROM events
+                     WHERE account = ?1 AND state IN ('failed', 'dead')
+                     GROUP BY type, test, state",
+                )?;
+                let mut counted = kinds.query([account])?;
+                while let Some(row) = counted.next()? {
+                    let event_type = rows::event_type_at(row, 0)?;
+                    let test: bool = row.get(1)?;
+                    let state = rows::state_at(row, 2)?;
+                    let n: i64 = row.get(3)?;
+                    let counts = &mut memory.counts;
+                    counts.add(account, event_type, test, state, -n);
+                    counts.add(account, event_type, test, EventState::Pending, n);
+                }
                 let mut all = conn.prepare_cached(&format!("{REQUEUE} RETURNING id, event_id"))?;
                 let mut requeued = all
                     .query_map(params![account, self.now_ms], |row| {
@@ -512,7 +621,7 @@ impl Op for Replay {
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 for (id, _) in &requeued {
-                    leases.revoke(*id);
+                    memory.leases.revoke(*id);
                 }
                 requeued.sort_unstable_by_key(|(id, _)| *id);
                 Ok(requeued.into_iter().map(|(_, event_id)| event_id).collect())
@@ -521,8 +630,20 @@ impl Op for Replay {
                 let mut one = conn.prepare_cached(&format!(
                     "{REQUEUE} AND event_id = ?3 RETURNING id, event_id"
                 ))?;
+                let mut kind = conn.prepare_cached(
+                    "SELECT type, test, state FROM events WHERE account = ?1 AND event_id = ?2",
+                )?;
                 let mut requeued = Vec::new();
                 for event_id in event_ids {
+                    let before = kind
+                        .query_row(params![account, event_id], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, bool>(1)?,
+                                row.get::<_, String>(2)?,
+                            ))
+                        })
+                        .optional()?;
                     // A repeated id matches once: the first pass made it pending.
                     let found: Option<(i64, String)> = one
                         .query_row(params![account, self.now_ms, event_id], |row| {
@@ -530,7 +651,21 @@ impl Op for Replay {
                         })
                         .optional()?;
                     if let Some((id, event_id)) = found {
-                        leases.revoke(id);
+                        memory.leases.revoke(id);
+                        if let Some((event_type, test, state)) = before
+                            && let (Some(event_type), Some(state)) = (
+                                mailhook_core::EventType::parse(&event_type),
+                                EventState::parse(&state),
+                            )
+                        {
+                            memory.counts.moved(
+                                account,
+                                event_type,
+                                test,
+                                state,
+                                EventState::Pending,
+                            );
+                        }
                         requeued.push(event_id);
                     }
                 }
@@ -548,7 +683,7 @@ impl Op for Ping {
     const DURABLE: bool = false;
     const WRITES: bool = false;
 
-    fn apply(&self, conn: &Connection, _leases: &mut Leases) -> Result<()> {
+    fn apply(&self, conn: &Connection, _memory: &mut Memory) -> Result<()> {
         conn.query_row("SELECT 1", [], |_| Ok(()))?;
         Ok(())
     }

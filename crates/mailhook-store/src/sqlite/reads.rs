@@ -111,14 +111,16 @@ pub(super) fn failures(
     records(conn, &sql, params![account.as_str(), limit])
 }
 
-/// Counts by type, test flag and state, answered from the `events_by_state` index alone.
+/// Counts by type, test flag and state, from the counts the writer keeps (`counts.rs`).
 pub(super) fn stats(conn: &mut Connection, account: Option<&AccountId>) -> Result<Stats> {
     let sql = match account {
         Some(_) => {
-            "SELECT type, test, state, COUNT(*) AS n FROM events WHERE account = ?1
+            "SELECT type, test, state, SUM(n) AS n FROM event_counts WHERE account = ?1
              GROUP BY type, test, state"
         }
-        None => "SELECT type, test, state, COUNT(*) AS n FROM events GROUP BY type, test, state",
+        None => {
+            "SELECT type, test, state, SUM(n) AS n FROM event_counts GROUP BY type, test, state"
+        }
     };
     let mut select = conn.prepare_cached(sql)?;
     let mut counted = match account {

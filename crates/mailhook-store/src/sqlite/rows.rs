@@ -85,7 +85,35 @@ fn timestamp(row: &Row<'_>, column: &str) -> Result<i64> {
 
 /// One event by id, with the columns `job` reads, in its order.
 pub(super) const JOB_BY_ID: &str = "SELECT id, account, event_id, msg_id, type, test, body, \
-     addr_index, addr_tries, round, attempts, accepted_at_ms FROM events WHERE id = ?1";
+     addr_index, addr_tries, round, attempts, accepted_at_ms, state FROM events WHERE id = ?1";
+
+/// The state of a claimed event, from a row of `JOB_BY_ID`.
+pub(super) fn job_state(row: &Row<'_>) -> Result<EventState> {
+    state_at(row, 12)
+}
+
+/// The text in column `at` (named `column` in errors), borrowed from the row.
+pub(super) fn text_at<'r>(row: &'r Row<'_>, at: usize, column: &str) -> Result<&'r str> {
+    let value = row.get_ref(at)?;
+    value.as_str().map_err(|_| {
+        Error::Corrupt(format!(
+            "column `{column}` holds {}, expected text",
+            describe(value)
+        ))
+    })
+}
+
+/// The event type in column `at`, read without a copy.
+pub(super) fn event_type_at(row: &Row<'_>, at: usize) -> Result<EventType> {
+    let text = text_at(row, at, "type")?;
+    EventType::parse(text).ok_or_else(|| corrupt("type", text, "an event type"))
+}
+
+/// The event state in column `at`, read without a copy.
+pub(super) fn state_at(row: &Row<'_>, at: usize) -> Result<EventState> {
+    let text = text_at(row, at, "state")?;
+    EventState::parse(text).ok_or_else(|| corrupt("state", text, "an event state"))
+}
 
 /// The event claimed with `lease_token`, from a row of `JOB_BY_ID`.
 pub(super) fn job(row: &Row<'_>, lease_token: i64) -> Result<Job> {

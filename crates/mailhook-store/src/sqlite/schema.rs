@@ -20,7 +20,7 @@ const STATEMENT_CACHE_CAPACITY: usize = 64;
 ///
 /// Tables are STRICT so a value of the wrong type is refused on write rather than found on
 /// read.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
@@ -87,6 +87,21 @@ CREATE INDEX events_settled ON events (settled_at_ms) WHERE settled_at_ms IS NOT
     // covering index makes that an index-only scan instead of a read of every stored body.
     r"
 CREATE INDEX events_by_state ON events (account, type, test, state);
+",
+    // 4: the counts by state move from that index to a table of counts the writer keeps
+    // (`counts.rs`): the index cost a B-tree delete and insert on every completion.
+    r"
+CREATE TABLE event_counts (
+    account TEXT NOT NULL,
+    type TEXT NOT NULL,
+    test INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (account, type, test, state)
+) WITHOUT ROWID, STRICT;
+INSERT INTO event_counts (account, type, test, state, n)
+    SELECT account, type, test, state, COUNT(*) FROM events GROUP BY account, type, test, state;
+DROP INDEX events_by_state;
 ",
 ];
 

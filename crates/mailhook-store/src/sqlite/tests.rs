@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::leases::Leases;
 use super::ops::{self, Op};
 use super::reads;
 use super::writer::{Msg, Request, Writer};
@@ -713,8 +712,8 @@ fn a_claim_is_compiled_once_whatever_limit_and_time_it_is_given() {
     let events = (0..8)
         .map(|i| event("default", &format!("e{i}"), "m", i))
         .collect();
-    let mut leases = Leases::default();
-    ops::Insert { events }.apply(&conn, &mut leases).unwrap();
+    let mut memory = ops::Memory::default();
+    ops::Insert { events }.apply(&conn, &mut memory).unwrap();
     // Each claim binds another limit and another "now", as the dispatcher's do.
     for (i, limit) in [1, 2, 3, 1].into_iter().enumerate() {
         let jobs = ops::Claim {
@@ -723,7 +722,7 @@ fn a_claim_is_compiled_once_whatever_limit_and_time_it_is_given() {
             lease_ms: 60_000,
             retry_share: 0,
         }
-        .apply(&conn, &mut leases)
+        .apply(&conn, &mut memory)
         .unwrap();
         assert_eq!(jobs.len(), limit);
     }
@@ -1281,4 +1280,165 @@ fn the_writer_page_cache_is_the_configured_size() {
         .unwrap();
     // Negative: KiB rather than pages.
     assert_eq!(kib, -8192);
+}
+
+/// The counts the console reads, straight from the events: what `event_counts` must say.
+fn counted_from_events(dir: &TempDir) -> Vec<(String, String, bool, String, i64)> {
+    let raw = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
+    let mut select = raw
+        .prepare(
+            "SELECT account, type, test, state, COUNT(*) FROM events
+             GROUP BY account, type, test, state ORDER BY 1, 2, 3, 4",
+        )
+        .unwrap();
+    select
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+/// What `event_counts` says, zero rows left out.
+fn counted_in_table(dir: &TempDir) -> Vec<(String, String, bool, String, i64)> {
+    let raw = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
+    let mut select = raw
+        .prepare(
+            "SELECT account, type, test, state, n FROM event_counts WHERE n != 0
+             ORDER BY 1, 2, 3, 4",
+        )
+        .unwrap();
+    select
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_counts_agree_with_the_events_through_every_kind_of_write() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let check = |step: &str| {
+        let from_events = counted_from_events(&dir);
+        assert!(!from_events.is_empty());
+        assert_eq!(counted_in_table(&dir), from_events, "after {step}");
+    };
+    let mut test_push = event("acme", "t1", "m2", 3);
+    test_push.event.test = true;
+    store
+        .insert_events(vec![
+            event("acme", "d1", "m1", 1),
+            event("acme", "f1", "m1", 2),
+            event("acme", "f2", "m1", 2),
+            event("acme", "r1", "m1", 2),
+            event("acme", "d1", "m1", 1),
+            test_push,
+            event("other", "s1", "m3", 4),
+        ])
+        .await
+        .unwrap();
+    check("inserts, one of them a duplicate");
+
+    let leases = claim_ids(&store).await;
+    let lease = |id: &str| leases.iter().find(|(e, _)| e == id).unwrap().1;
+    let stale = lease("r1");
+    store
+        .complete(vec![
+            at_rest(lease("d1"), EventState::Delivered, None),
+            // Failed, with a recovery round to come.
+            Completion {
+                due_at_ms: Some(later() + 5_000),
+                ..at_rest(lease("f1"), EventState::Failed, Some("all down"))
+            },
+            at_rest(lease("f2"), EventState::Dead, Some("all down")),
+            at_rest(lease("t1"), EventState::Delivered, None),
+            at_rest(lease("s1"), EventState::Skipped, Some("not subscribed")),
+            // Still pending: a retry was scheduled (no change of state).
+            Completion {
+                due_at_ms: Some(later() + 5_000),
+                ..at_rest(stale, EventState::Pending, None)
+            },
+        ])
+        .await
+        .unwrap();
+    check("completions to every state");
+
+    // A recovery round of f1 is claimed (from `failed`) and ends dead.
+    let round = store.claim_due(later() + 10_000, 100, 1000).await.unwrap();
+    let f1 = round.iter().find(|j| j.event_id == "f1").unwrap().lease();
+    let r1 = round.iter().find(|j| j.event_id == "r1").unwrap().lease();
+    store
+        .complete(vec![at_rest(f1, EventState::Dead, Some("rounds over"))])
+        .await
+        .unwrap();
+    check("a claimed failed event completed as dead");
+    // A completion of a claim that is no longer the latest changes nothing.
+    store
+        .complete(vec![at_rest(stale, EventState::Delivered, None)])
+        .await
+        .unwrap();
+    check("a stale completion");
+    store
+        .complete(vec![at_rest(r1, EventState::Delivered, None)])
+        .await
+        .unwrap();
+
+    let requeued = store
+        .replay(
+            &account("acme"),
+            Some(vec!["f1".to_owned(), "f1".to_owned()]),
+            later(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(requeued, ["f1"]);
+    check("a replay of one event, named twice");
+    let requeued = store.replay(&account("acme"), None, later()).await.unwrap();
+    assert_eq!(requeued, ["f2"]);
+    check("a replay of every failure");
+
+    let pruned = store.prune(now_ms() + 1, 100).await.unwrap();
+    assert_eq!(pruned, 4, "d1, t1, s1 and r1 were at rest");
+    check("a prune");
+
+    // Reopened: the counts were written, not only kept in memory.
+    store.close().await.unwrap();
+    let store = open(&dir);
+    let stats = store.stats(Some(&account("acme"))).await.unwrap();
+    let pending: u64 = stats.by_type.iter().map(|(_, c)| c.pending).sum();
+    assert_eq!(pending, 2, "f1 and f2, replayed");
+    check("a reopen");
+}
+
+#[test]
+fn opening_an_older_database_counts_its_events_once() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("mailhook.db");
+    {
+        // A database as the version before the counts table left it.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        for sql in &schema::MIGRATIONS[..3] {
+            raw.execute_batch(sql).unwrap();
+        }
+        raw.pragma_update(None, "user_version", 3).unwrap();
+        raw.execute_batch(
+            "INSERT INTO events (account, event_id, msg_id, type, timestamp_ms, accepted_at_ms,
+                 test, body, state) VALUES
+                 ('acme', 'a', 'm', 'open', 1, 1, 0, x'7b7d', 'delivered'),
+                 ('acme', 'b', 'm', 'open', 1, 1, 0, x'7b7d', 'delivered'),
+                 ('acme', 'c', 'm', 'bounce', 1, 1, 0, x'7b7d', 'dead'),
+                 ('other', 'd', 'm', 'open', 1, 1, 1, x'7b7d', 'pending')",
+        )
+        .unwrap();
+    }
+    drop(schema::open_writer(&path, 1 << 20).unwrap());
+    assert_eq!(counted_in_table(&dir), counted_from_events(&dir));
+    assert_eq!(counted_in_table(&dir).len(), 3);
+    // Opening again migrates nothing and counts nothing twice.
+    drop(schema::open_writer(&path, 1 << 20).unwrap());
+    assert_eq!(counted_in_table(&dir), counted_from_events(&dir));
 }

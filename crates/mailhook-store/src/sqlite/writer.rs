@@ -8,7 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::classify;
-use super::leases::Leases;
+use super::ops::Memory;
 use super::ops::Op;
 use crate::{Error, Result};
 
@@ -26,7 +26,7 @@ pub(super) trait Pending: Send {
     fn durable(&self) -> bool;
     fn writes(&self) -> bool;
     /// Runs the write inside the current transaction, keeping its output for `finish`.
-    fn apply(&mut self, conn: &Connection, leases: &mut Leases) -> Result<()>;
+    fn apply(&mut self, conn: &Connection, memory: &mut Memory) -> Result<()>;
     /// Answers the caller: the kept output if its transaction committed, else the error.
     fn finish(self: Box<Self>, committed: Result<()>);
 }
@@ -65,8 +65,8 @@ impl<O: Op> Pending for Request<O> {
         O::WRITES
     }
 
-    fn apply(&mut self, conn: &Connection, leases: &mut Leases) -> Result<()> {
-        self.output = Some(self.op.apply(conn, leases)?);
+    fn apply(&mut self, conn: &Connection, memory: &mut Memory) -> Result<()> {
+        self.output = Some(self.op.apply(conn, memory)?);
         Ok(())
     }
 
@@ -96,7 +96,7 @@ pub(super) struct Writer {
     /// unknown after a failed switch.
     synchronous_full: Option<bool>,
     /// The claims held now; only this thread reads or changes them.
-    leases: Leases,
+    memory: Memory,
 }
 
 impl Writer {
@@ -113,7 +113,7 @@ impl Writer {
             events_per_commit_max,
             commits,
             synchronous_full: Some(true),
-            leases: Leases::default(),
+            memory: Memory::default(),
         }
     }
 
@@ -170,7 +170,7 @@ impl Writer {
         if !group.iter().any(|p| p.writes()) {
             // Pings only: nothing to commit.
             for mut pending in group {
-                let result = pending.apply(&self.conn, &mut self.leases);
+                let result = pending.apply(&self.conn, &mut self.memory);
                 pending.finish(result);
             }
             return;
@@ -206,28 +206,32 @@ impl Writer {
     fn transact(&mut self, group: &mut [Box<dyn Pending>]) -> Result<()> {
         let durable = group.iter().any(|p| p.durable());
         self.set_synchronous(durable)?;
-        // The table of claims changes with the rows it describes: a transaction that fails
-        // leaves both as they were.
-        let leases_before = self.leases.clone();
-        let done = Self::apply_and_commit(&mut self.conn, &mut self.leases, group);
+        // The table of claims changes with the rows it describes, and the count changes are
+        // written at commit: a transaction that fails leaves both as they were.
+        let leases_before = self.memory.leases.clone();
+        let done = Self::apply_and_commit(&mut self.conn, &mut self.memory, group);
         match done {
             Ok(()) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => self.leases = leases_before,
+            Err(_) => {
+                self.memory.leases = leases_before;
+                self.memory.counts.discard();
+            }
         }
         done
     }
 
     fn apply_and_commit(
         conn: &mut Connection,
-        leases: &mut Leases,
+        memory: &mut Memory,
         group: &mut [Box<dyn Pending>],
     ) -> Result<()> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for pending in group.iter_mut() {
-            pending.apply(&tx, leases)?;
+            pending.apply(&tx, memory)?;
         }
+        memory.counts.write(&tx)?;
         tx.commit()?;
         Ok(())
     }
