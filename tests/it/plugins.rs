@@ -157,6 +157,46 @@ async fn redact_recipient_masks_recipients_and_ips_before_signing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_call_finds_the_plugin_memory_as_a_fresh_instance_has_it() {
+    // One plugin thread, so every call reuses the same pool slot, memory and all: what one
+    // call wrote must be gone before the next (the reset only rewrites the pages a call
+    // dirtied when the kernel can say which, so this checks that it finds them all).
+    let gw = TestGateway::start(|c| {
+        use_plugins(
+            c,
+            vec![PluginSpec {
+                // Reading and writing 1 MiB a byte at a time takes more than the default.
+                fuel: Some(1_000_000_000),
+                ..plugin("witness", "memory-witness", Kind::Transform)
+            }],
+            &[("default", &["witness"])],
+        );
+        c.plugins.threads = 1;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    configure(&gw.api, "default", &[&receiver], &["delivery"]).await;
+    const EVENTS: usize = 30;
+    let batch: Vec<Value> = (0..EVENTS)
+        .map(|i| json!({"type": "delivery", "msg_id": format!("w-{i}")}))
+        .collect();
+    post(&gw.api, Value::Array(batch)).await;
+    for i in 0..EVENTS {
+        wait_state(&gw.api, "default", &format!("w-{i}"), "delivered").await;
+    }
+    let got = receiver.requests();
+    assert_eq!(got.len(), EVENTS);
+    for request in &got {
+        assert_eq!(
+            request.json()["witness"],
+            json!({"calls": 1, "static_clean": true, "heap_clean": true}),
+            "{}",
+            request.json()["msg_id"]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tag_filter_drops_unmatched_events_as_skipped() {
     let gw = TestGateway::start(|c| {
         use_plugins(

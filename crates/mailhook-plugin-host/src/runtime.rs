@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-    ResourceLimiter, Store, Trap,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
 
 use crate::bindings::{host, sink, transform, types};
@@ -83,7 +83,12 @@ impl Runtime {
             // to the kernel: `madvise` on every call made each one pay TLB shootdowns across
             // the cores (a third of the gateway's CPU with a plugin on every event).
             .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT_BYTES.min(memory_bytes_max))
-            .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES);
+            .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES)
+            // And reset only the pages a call wrote, found with the PAGEMAP_SCAN ioctl (Linux
+            // 6.7+; elsewhere the whole kept region is reset as before). Without it, the
+            // memset and copy of the kept 2 MiB after every call was ~12% of the gateway's
+            // CPU with a plugin on every event (perf), for the few pages one call touches.
+            .pagemap_scan(Enabled::Auto);
         let mut config = Config::new();
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
