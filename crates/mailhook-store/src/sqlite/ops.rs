@@ -480,24 +480,31 @@ impl Op for Prune {
     }
 
     fn apply(&self, conn: &Connection, memory: &mut Memory) -> Result<usize> {
-        // Attempts go with their event (ON DELETE CASCADE; the writer has foreign keys on).
+        // The writer runs without foreign-key enforcement (`schema::open_writer`), so the
+        // event's attempts are deleted here rather than by ON DELETE CASCADE.
         let mut prune = conn.prepare_cached(
             "DELETE FROM events WHERE id IN (SELECT id FROM events
                  WHERE settled_at_ms IS NOT NULL AND settled_at_ms < ?1
                  ORDER BY settled_at_ms LIMIT ?2)
-             RETURNING account, type, test, state",
+             RETURNING id, account, type, test, state",
         )?;
         let limit = i64::try_from(self.batch_max).unwrap_or(i64::MAX);
         let mut pruned = prune.query(params![self.settled_before_ms, limit])?;
-        let mut deleted = 0;
+        let mut ids = Vec::new();
         while let Some(row) = pruned.next()? {
-            deleted += 1;
-            let account = rows::text_at(row, 0, "account")?;
-            let event_type = rows::event_type_at(row, 1)?;
-            let test: bool = row.get(2)?;
-            let state = rows::state_at(row, 3)?;
+            ids.push(row.get::<_, i64>(0)?);
+            let account = rows::text_at(row, 1, "account")?;
+            let event_type = rows::event_type_at(row, 2)?;
+            let test: bool = row.get(3)?;
+            let state = rows::state_at(row, 4)?;
             memory.counts.add(account, event_type, test, state, -1);
         }
+        drop(pruned);
+        let mut attempts = conn.prepare_cached("DELETE FROM attempts WHERE event = ?1")?;
+        for id in &ids {
+            attempts.execute([id])?;
+        }
+        let deleted = ids.len();
         Ok(deleted)
     }
 }
