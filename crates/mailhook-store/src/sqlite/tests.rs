@@ -1282,15 +1282,10 @@ fn the_writer_page_cache_is_the_configured_size() {
     assert_eq!(kib, -8192);
 }
 
-/// The counts the console reads, straight from the events: what `event_counts` must say.
-fn counted_from_events(dir: &TempDir) -> Vec<(String, String, bool, String, i64)> {
+/// Rows of (account, type, test, state, count) that `sql` selects from the store's file.
+fn count_rows(dir: &TempDir, sql: &str) -> Vec<(String, String, bool, String, i64)> {
     let raw = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
-    let mut select = raw
-        .prepare(
-            "SELECT account, type, test, state, COUNT(*) FROM events
-             GROUP BY account, type, test, state ORDER BY 1, 2, 3, 4",
-        )
-        .unwrap();
+    let mut select = raw.prepare(sql).unwrap();
     select
         .query_map([], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -1300,22 +1295,22 @@ fn counted_from_events(dir: &TempDir) -> Vec<(String, String, bool, String, i64)
         .unwrap()
 }
 
+/// The counts the console reads, straight from the events: what `event_counts` must say.
+fn counted_from_events(dir: &TempDir) -> Vec<(String, String, bool, String, i64)> {
+    count_rows(
+        dir,
+        "SELECT account, type, test, state, COUNT(*) FROM events
+         GROUP BY account, type, test, state ORDER BY 1, 2, 3, 4",
+    )
+}
+
 /// What `event_counts` says, zero rows left out.
 fn counted_in_table(dir: &TempDir) -> Vec<(String, String, bool, String, i64)> {
-    let raw = rusqlite::Connection::open(dir.path().join("mailhook.db")).unwrap();
-    let mut select = raw
-        .prepare(
-            "SELECT account, type, test, state, n FROM event_counts WHERE n != 0
-             ORDER BY 1, 2, 3, 4",
-        )
-        .unwrap();
-    select
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap()
+    count_rows(
+        dir,
+        "SELECT account, type, test, state, n FROM event_counts WHERE n != 0
+         ORDER BY 1, 2, 3, 4",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
