@@ -14,16 +14,54 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use mailhook_core::EventType;
+
 use crate::EventState;
 
-/// One held claim: the token a completion or release must present, when it ends, and the
-/// state the event was claimed in (its completion moves its count from there: nothing but a
-/// replay, which revokes the claim, changes the state of a held event).
+/// What a claimed event is counted as in `event_counts` (`counts.rs`), kept with its claim so
+/// that its completion can move the count without reading the row again: nothing but a
+/// replay, which revokes the claim, changes the state of a held event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Claimed {
+    /// The account, as an id of [`Accounts`].
+    pub account: u32,
+    pub event_type: EventType,
+    pub test: bool,
+    /// The state it was claimed in.
+    pub state: EventState,
+}
+
+/// One held claim: the token a completion or release must present, when it ends, and what
+/// the event is counted as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Held {
     token: i64,
     until_ms: i64,
-    state: EventState,
+    claimed: Claimed,
+}
+
+/// Account names by small ids, so a held claim stays a few bytes and the lease table (cloned
+/// per transaction) holds no strings. Only grows: an account seen once keeps its id.
+#[derive(Debug, Default)]
+pub(super) struct Accounts {
+    names: Vec<Box<str>>,
+    ids: HashMap<Box<str>, u32>,
+}
+
+impl Accounts {
+    pub(super) fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 accounts");
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    pub(super) fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -42,7 +80,7 @@ impl Leases {
 
     /// Claims event `id` until `until_ms` and returns the new token; a claim whose lease
     /// ended is replaced, so its late completion is ignored.
-    pub(super) fn grant(&mut self, id: i64, until_ms: i64, state: EventState) -> i64 {
+    pub(super) fn grant(&mut self, id: i64, until_ms: i64, claimed: Claimed) -> i64 {
         self.last_token += 1;
         let token = self.last_token;
         self.held.insert(
@@ -50,7 +88,7 @@ impl Leases {
             Held {
                 token,
                 until_ms,
-                state,
+                claimed,
             },
         );
         token
@@ -62,10 +100,10 @@ impl Leases {
         self.end_claim(id, token).is_some()
     }
 
-    /// As [`Leases::end`], answering with the state the event was claimed in.
-    pub(super) fn end_claim(&mut self, id: i64, token: i64) -> Option<EventState> {
+    /// As [`Leases::end`], answering with what the event was claimed as.
+    pub(super) fn end_claim(&mut self, id: i64, token: i64) -> Option<Claimed> {
         match self.held.get(&id) {
-            Some(held) if held.token == token => self.held.remove(&id).map(|held| held.state),
+            Some(held) if held.token == token => self.held.remove(&id).map(|held| held.claimed),
             _ => None,
         }
     }
@@ -108,30 +146,51 @@ const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 
 #[cfg(test)]
 mod tests {
-    use super::Leases;
+    use mailhook_core::EventType;
+
+    use super::{Accounts, Claimed, Leases};
     use crate::EventState;
+
+    fn claimed(state: EventState) -> Claimed {
+        Claimed {
+            account: 0,
+            event_type: EventType::Open,
+            test: false,
+            state,
+        }
+    }
+
+    #[test]
+    fn accounts_get_one_id_each() {
+        let mut accounts = Accounts::default();
+        let acme = accounts.id("acme");
+        let other = accounts.id("other");
+        assert_ne!(acme, other);
+        assert_eq!(accounts.id("acme"), acme);
+        assert_eq!(accounts.name(other), "other");
+    }
 
     #[test]
     fn a_lease_is_held_until_it_ends_and_only_its_latest_token_ends_it() {
         let mut leases = Leases::default();
-        let first = leases.grant(7, 1_000, EventState::Pending);
+        let first = leases.grant(7, 1_000, claimed(EventState::Pending));
         assert!(leases.is_held(7, 999));
         assert!(!leases.is_held(7, 1_000), "ended at its end time");
         assert!(!leases.is_held(8, 0));
         // Claimed again after the end: the first claim's token no longer counts.
-        let second = leases.grant(7, 2_000, EventState::Failed);
+        let second = leases.grant(7, 2_000, claimed(EventState::Failed));
         assert!(second > first);
         assert!(!leases.end(7, first));
         assert!(leases.is_held(7, 1_500));
         assert_eq!(leases.first_end_ms(), Some(2_000));
         assert_eq!(
             leases.end_claim(7, second),
-            Some(EventState::Failed),
+            Some(claimed(EventState::Failed)),
             "the state it was claimed in"
         );
         assert!(!leases.end(7, second), "ended once");
         assert_eq!(leases.first_end_ms(), None);
-        leases.grant(9, 5, EventState::Pending);
+        leases.grant(9, 5, claimed(EventState::Pending));
         leases.revoke(9);
         assert!(!leases.is_held(9, 0));
     }
