@@ -18,16 +18,16 @@ use mailhook_core::EventType;
 
 use crate::EventState;
 
-/// What a claimed event is counted as in `event_counts` (`counts.rs`), kept with its claim so
-/// that its completion can move the count without reading the row again: nothing but a
+/// What an event is counted as in `event_counts` (`counts.rs`). A claim keeps it so that the
+/// event's completion can move the count without reading the row again: nothing but a
 /// replay, which revokes the claim, changes the state of a held event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Claimed {
+pub(super) struct Counted {
     /// The account, as an id of [`Accounts`].
     pub account: u32,
     pub event_type: EventType,
     pub test: bool,
-    /// The state it was claimed in.
+    /// The state it is counted in (for a claim: the state it was claimed in).
     pub state: EventState,
 }
 
@@ -37,7 +37,7 @@ pub(super) struct Claimed {
 struct Held {
     token: i64,
     until_ms: i64,
-    claimed: Claimed,
+    claimed: Counted,
 }
 
 /// Account names by small ids, so a held claim stays a few bytes and the lease table (cloned
@@ -80,7 +80,7 @@ impl Leases {
 
     /// Claims event `id` until `until_ms` and returns the new token; a claim whose lease
     /// ended is replaced, so its late completion is ignored.
-    pub(super) fn grant(&mut self, id: i64, until_ms: i64, claimed: Claimed) -> i64 {
+    pub(super) fn grant(&mut self, id: i64, until_ms: i64, claimed: Counted) -> i64 {
         self.last_token += 1;
         let token = self.last_token;
         self.held.insert(
@@ -101,7 +101,7 @@ impl Leases {
     }
 
     /// As [`Leases::end`], answering with what the event was claimed as.
-    pub(super) fn end_claim(&mut self, id: i64, token: i64) -> Option<Claimed> {
+    pub(super) fn end_claim(&mut self, id: i64, token: i64) -> Option<Counted> {
         match self.held.get(&id) {
             Some(held) if held.token == token => self.held.remove(&id).map(|held| held.claimed),
             _ => None,
@@ -148,11 +148,11 @@ const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 mod tests {
     use mailhook_core::EventType;
 
-    use super::{Accounts, Claimed, Leases};
+    use super::{Accounts, Counted, Leases};
     use crate::EventState;
 
-    fn claimed(state: EventState) -> Claimed {
-        Claimed {
+    fn counted(state: EventState) -> Counted {
+        Counted {
             account: 0,
             event_type: EventType::Open,
             test: false,
@@ -173,24 +173,24 @@ mod tests {
     #[test]
     fn a_lease_is_held_until_it_ends_and_only_its_latest_token_ends_it() {
         let mut leases = Leases::default();
-        let first = leases.grant(7, 1_000, claimed(EventState::Pending));
+        let first = leases.grant(7, 1_000, counted(EventState::Pending));
         assert!(leases.is_held(7, 999));
         assert!(!leases.is_held(7, 1_000), "ended at its end time");
         assert!(!leases.is_held(8, 0));
-        // Claimed again after the end: the first claim's token no longer counts.
-        let second = leases.grant(7, 2_000, claimed(EventState::Failed));
+        // Counted again after the end: the first claim's token no longer counts.
+        let second = leases.grant(7, 2_000, counted(EventState::Failed));
         assert!(second > first);
         assert!(!leases.end(7, first));
         assert!(leases.is_held(7, 1_500));
         assert_eq!(leases.first_end_ms(), Some(2_000));
         assert_eq!(
             leases.end_claim(7, second),
-            Some(claimed(EventState::Failed)),
+            Some(counted(EventState::Failed)),
             "the state it was claimed in"
         );
         assert!(!leases.end(7, second), "ended once");
         assert_eq!(leases.first_end_ms(), None);
-        leases.grant(9, 5, claimed(EventState::Pending));
+        leases.grant(9, 5, counted(EventState::Pending));
         leases.revoke(9);
         assert!(!leases.is_held(9, 0));
     }

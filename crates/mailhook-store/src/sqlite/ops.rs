@@ -5,7 +5,7 @@ use mailhook_core::{AccountId, WebhookSettings};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::counts::Counts;
-use super::leases::{Accounts, Claimed, Leases};
+use super::leases::{Accounts, Counted, Leases};
 use super::{now_ms, rows};
 use crate::{Completion, EventState, InsertOutcome, Job, Lease, NewEvent, Result, StoredSettings};
 
@@ -47,41 +47,37 @@ pub(super) const SEEN_BEFORE: &str =
     "SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_by_message
      WHERE account = ?1 AND msg_id = ?2 AND type = ?3)";
 
-/// What an event is counted as in `event_counts`: account, type, test flag, state.
-pub(super) struct Kind {
-    account: String,
-    event_type: mailhook_core::EventType,
-    test: bool,
-    state: EventState,
-}
-
-impl Kind {
-    /// Counts the event as in `to` instead.
-    fn moved(&self, counts: &mut Counts, to: EventState) {
-        counts.moved(&self.account, self.event_type, self.test, self.state, to);
+impl Memory {
+    /// Counts an event counted as `from` in state `to` instead.
+    fn count_moved(&mut self, from: Counted, to: EventState) {
+        self.counts.moved(
+            self.accounts.name(from.account),
+            from.event_type,
+            from.test,
+            from.state,
+            to,
+        );
     }
 }
 
-/// The kind of event `id`, or `None` when it is not stored or its row cannot be read (its
-/// count is then left alone: a row SQLite cannot read was counted as what it was).
-fn kind_of(conn: &Connection, id: i64) -> Option<Kind> {
-    let found = conn
+/// What event `id` is counted as, or `None` when it is not stored or its row cannot be read
+/// (its count is then left alone: a row SQLite cannot read was counted as what it was).
+fn counted_as(conn: &Connection, accounts: &mut Accounts, id: i64) -> Option<Counted> {
+    let mut select = conn
         .prepare_cached("SELECT account, type, test, state FROM events WHERE id = ?1")
-        .and_then(|mut select| {
-            select
-                .query_row([id], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, bool>(2)?,
-                        row.get::<_, String>(3)?,
-                    ))
-                })
-                .optional()
-        });
-    let (account, event_type, test, state) = found.ok().flatten()?;
-    Some(Kind {
-        account,
+        .ok()?;
+    let (account, event_type, test, state) = select
+        .query_row([id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, bool>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })
+        .ok()?;
+    Some(Counted {
+        account: accounts.id(&account),
         event_type: mailhook_core::EventType::parse(&event_type)?,
         test,
         state: EventState::parse(&state)?,
@@ -251,7 +247,7 @@ impl Claim {
             let Some(row) = found.next()? else { continue };
             // What it is counted as: its completion moves the count from there.
             let claimed = rows::job(row, 0).and_then(|mut job| {
-                let claimed = Claimed {
+                let claimed = Counted {
                     account: accounts.id(&job.account),
                     event_type: job.event_type,
                     test: job.test,
@@ -315,13 +311,13 @@ impl Op for Claim {
         // as dead with the reason instead, where the failures list shows it.
         for (id, err) in unreadable {
             tracing::error!(id, error = %err, "parking an event whose row cannot be read");
-            let kind = kind_of(conn, id);
+            let counted = counted_as(conn, &mut memory.accounts, id);
             conn.execute(
                 "UPDATE events SET state = 'dead', detail = ?2, due_at_ms = NULL WHERE id = ?1",
                 params![id, err.to_string()],
             )?;
-            if let Some(kind) = kind {
-                kind.moved(&mut memory.counts, EventState::Dead);
+            if let Some(counted) = counted {
+                memory.count_moved(counted, EventState::Dead);
             }
         }
         // The set is the oldest due of each lane; insertion order within it keeps the events
@@ -411,13 +407,7 @@ impl Op for Complete {
                         // From what the claim saw, not the row read back: a `RETURNING`
                         // made SQLite open a temporary B-tree per completion (~3% of the
                         // gateway's CPU in perf).
-                        memory.counts.moved(
-                            memory.accounts.name(claimed.account),
-                            claimed.event_type,
-                            claimed.test,
-                            claimed.state,
-                            c.state,
-                        );
+                        memory.count_moved(claimed, c.state);
                     }
                     updated
                 }
@@ -648,20 +638,14 @@ impl Op for Replay {
                 let mut one = conn.prepare_cached(&format!(
                     "{REQUEUE} AND event_id = ?3 RETURNING id, event_id"
                 ))?;
-                let mut kind = conn.prepare_cached(
-                    "SELECT type, test, state FROM events WHERE account = ?1 AND event_id = ?2",
-                )?;
+                let mut find = conn
+                    .prepare_cached("SELECT id FROM events WHERE account = ?1 AND event_id = ?2")?;
                 let mut requeued = Vec::new();
                 for event_id in event_ids {
-                    let before = kind
-                        .query_row(params![account, event_id], |row| {
-                            Ok((
-                                row.get::<_, String>(0)?,
-                                row.get::<_, bool>(1)?,
-                                row.get::<_, String>(2)?,
-                            ))
-                        })
-                        .optional()?;
+                    let counted = find
+                        .query_row(params![account, event_id], |row| row.get::<_, i64>(0))
+                        .optional()?
+                        .and_then(|id| counted_as(conn, &mut memory.accounts, id));
                     // A repeated id matches once: the first pass made it pending.
                     let found: Option<(i64, String)> = one
                         .query_row(params![account, self.now_ms, event_id], |row| {
@@ -670,19 +654,8 @@ impl Op for Replay {
                         .optional()?;
                     if let Some((id, event_id)) = found {
                         memory.leases.revoke(id);
-                        if let Some((event_type, test, state)) = before
-                            && let (Some(event_type), Some(state)) = (
-                                mailhook_core::EventType::parse(&event_type),
-                                EventState::parse(&state),
-                            )
-                        {
-                            memory.counts.moved(
-                                account,
-                                event_type,
-                                test,
-                                state,
-                                EventState::Pending,
-                            );
+                        if let Some(counted) = counted {
+                            memory.count_moved(counted, EventState::Pending);
                         }
                         requeued.push(event_id);
                     }
