@@ -616,9 +616,7 @@ async fn attempt(
         // A sink plugin gets the body, not HTTP headers: report none for it.
         let headers = match settings.settings.addresses[index].plugin() {
             Some(_) => Vec::new(),
-            None => HttpClient::headers(&headers)
-                .map(|(name, value)| (name.to_owned(), value))
-                .to_vec(),
+            None => HttpClient::headers(&headers),
         };
         let sent = SentAttempt {
             record: record.clone(),
