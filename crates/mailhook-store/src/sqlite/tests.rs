@@ -127,6 +127,16 @@ fn reads_that_run_per_event_or_per_scrape_never_scan_the_events_table() {
     drop(store);
 }
 
+/// A store holding one event, `e` of account `default`, due at once.
+async fn open_with_one_event(dir: &TempDir) -> SqliteStore {
+    let store = open(dir);
+    store
+        .insert_events(vec![event("default", "e", "m", 1)])
+        .await
+        .unwrap();
+    store
+}
+
 fn account(name: &str) -> AccountId {
     AccountId::parse(name).unwrap()
 }
@@ -446,11 +456,7 @@ async fn release_makes_a_claimed_event_due_at_once_and_leaves_others_alone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reopen_after_drop_makes_leased_events_due_at_once() {
     let dir = TempDir::new().unwrap();
-    let store = open(&dir);
-    store
-        .insert_events(vec![event("default", "e", "m", 1)])
-        .await
-        .unwrap();
+    let store = open_with_one_event(&dir).await;
     let hour_ms = 3_600_000;
     assert_eq!(
         store.claim_due(later(), 10, hour_ms).await.unwrap().len(),
@@ -542,11 +548,7 @@ async fn settings_first_save_sets_the_secret_later_saves_keep_it_and_rotation_ke
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_ends_the_claim_of_a_recovery_round_so_its_late_completion_is_ignored() {
     let dir = TempDir::new().unwrap();
-    let store = open(&dir);
-    store
-        .insert_events(vec![event("default", "e", "m", 1)])
-        .await
-        .unwrap();
+    let store = open_with_one_event(&dir).await;
     let (_, first) = claim_ids(&store).await.pop().unwrap();
     // Every address failed; the recovery round is due at once and a dispatcher takes it.
     store
@@ -1154,11 +1156,7 @@ async fn the_first_open_of_a_msg_id_is_unique_exactly_and_its_payload_says_so() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_completion_or_release_of_a_claim_that_is_no_longer_the_latest_is_ignored() {
     let dir = TempDir::new().unwrap();
-    let store = open(&dir);
-    store
-        .insert_events(vec![event("default", "e", "m", 1)])
-        .await
-        .unwrap();
+    let store = open_with_one_event(&dir).await;
     // Claimed with a 1 ms lease that runs out; a second claim takes the event over.
     let now = later();
     let first = store.claim_due(now, 10, 1).await.unwrap();
