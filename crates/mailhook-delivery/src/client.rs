@@ -453,19 +453,6 @@ mod tests {
             .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap().to_owned()))
             .collect();
         assert_eq!(sent, HttpClient::headers(&h));
-        let names: Vec<&str> = sent.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "content-type",
-                "user-agent",
-                "webhook-id",
-                "webhook-timestamp",
-                "webhook-signature",
-                "mailhook-attempt",
-                "mailhook-address"
-            ]
-        );
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "http://127.0.0.1:9/hook");
     }
