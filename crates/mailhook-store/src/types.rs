@@ -80,16 +80,16 @@ impl EventState {
         matches!(self, EventState::Delivered | EventState::Skipped)
     }
 
+    pub const ALL: [EventState; 5] = [
+        EventState::Pending,
+        EventState::Delivered,
+        EventState::Failed,
+        EventState::Dead,
+        EventState::Skipped,
+    ];
+
     pub fn parse(text: &str) -> Option<EventState> {
-        [
-            EventState::Pending,
-            EventState::Delivered,
-            EventState::Failed,
-            EventState::Dead,
-            EventState::Skipped,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        EventState::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 

@@ -18,7 +18,7 @@ use rusqlite::{Connection, params};
 
 use crate::{EventState, Result};
 
-/// Index of a state in a row of counts.
+/// Index of a state in a row of counts (its place in `EventState::ALL`).
 fn slot(state: EventState) -> usize {
     match state {
         EventState::Pending => 0,
@@ -28,14 +28,6 @@ fn slot(state: EventState) -> usize {
         EventState::Skipped => 4,
     }
 }
-
-const STATES: [EventState; 5] = [
-    EventState::Pending,
-    EventState::Delivered,
-    EventState::Failed,
-    EventState::Dead,
-    EventState::Skipped,
-];
 
 /// The changes to `event_counts` not yet written.
 #[derive(Debug, Default)]
@@ -89,7 +81,7 @@ impl Counts {
         )?;
         for (account, kinds) in self.changed.drain() {
             for ((event_type, test), by_state) in kinds {
-                for state in STATES {
+                for state in EventState::ALL {
                     let by = by_state[slot(state)];
                     if by != 0 {
                         upsert.execute(params![
@@ -109,5 +101,18 @@ impl Counts {
     /// Drops the changes of a transaction that did not commit.
     pub(super) fn discard(&mut self) {
         self.changed.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot;
+    use crate::EventState;
+
+    #[test]
+    fn each_state_has_its_own_slot_in_all_order() {
+        for (i, state) in EventState::ALL.into_iter().enumerate() {
+            assert_eq!(slot(state), i, "{state:?}");
+        }
     }
 }
