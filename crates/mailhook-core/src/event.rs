@@ -663,11 +663,18 @@ fn validate_email(email: &RawValue) -> Result<(), (String, String)> {
 fn compact(name: &str, raw: &RawValue) -> Result<JsonObject, String> {
     let text = raw.get().as_bytes();
     let mut out = Vec::with_capacity(text.len());
-    let mut in_string = false;
     let mut i = 0;
     while let Some(&b) = text.get(i) {
-        if !in_string {
-            if b == b'-' || b.is_ascii_digit() {
+        match b {
+            b'"' => {
+                let end = string_end(name, text, i)?;
+                // A string is copied whole: most of a payload's bytes are in strings, and one
+                // copy per string costs far less than a branch per byte (perf: this function
+                // was ~2.4% of the gateway's CPU end to end when it went byte by byte).
+                out.extend_from_slice(&text[i..end]);
+                i = end;
+            }
+            b'-' | b'0'..=b'9' => {
                 let len = text[i..]
                     .iter()
                     .take_while(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
@@ -685,27 +692,37 @@ fn compact(name: &str, raw: &RawValue) -> Result<JsonObject, String> {
                 }
                 out.extend_from_slice(number);
                 i += len;
-                continue;
             }
-            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-                in_string = b == b'"';
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            _ => {
                 out.push(b);
+                i += 1;
             }
-            i += 1;
-            continue;
         }
-        let escape_len = match b {
-            b'"' => {
-                in_string = false;
-                1
-            }
-            b'\\' if text.get(i + 1) == Some(&b'u') => {
+    }
+    // Only ASCII whitespace was left out of valid UTF-8.
+    String::from_utf8(out)
+        .map(JsonObject)
+        .map_err(|err| format!("{name} is not UTF-8: {err}"))
+}
+
+/// The index just past the string that opens at `text[start]` (a `"`), checking its `\u`
+/// escapes on the way. The text is valid JSON, so only escapes need a look: the plain runs
+/// between them are skipped with one `memchr2` each.
+fn string_end(name: &str, text: &[u8], start: usize) -> Result<usize, String> {
+    let mut i = start + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', &text[i..]).unwrap_or(text.len() - i);
+        match text.get(i) {
+            None => return Ok(text.len()),
+            Some(b'"') => return Ok(i + 1),
+            Some(_) if text.get(i + 1) == Some(&b'u') => {
                 let unit = |at: usize| {
                     text.get(at..at + 4)
                         .and_then(|hex| std::str::from_utf8(hex).ok())
                         .and_then(|hex| u16::from_str_radix(hex, 16).ok())
                 };
-                match unit(i + 2) {
+                i += match unit(i + 2) {
                     Some(0xD800..=0xDBFF)
                         if text.get(i + 6..i + 8) == Some(b"\\u")
                             && matches!(unit(i + 8), Some(0xDC00..=0xDFFF)) =>
@@ -719,41 +736,28 @@ fn compact(name: &str, raw: &RawValue) -> Result<JsonObject, String> {
                         ));
                     }
                     _ => 6,
-                }
+                };
             }
-            b'\\' => 2,
-            _ => 1,
-        };
-        let end = (i + escape_len).min(text.len());
-        out.extend_from_slice(&text[i..end]);
-        i = end;
+            // Any other escape is two bytes: `\"` and `\\` must not end the string.
+            Some(_) => i += 2,
+        }
+        i = i.min(text.len());
     }
-    // Only ASCII whitespace was left out of valid UTF-8.
-    String::from_utf8(out)
-        .map(JsonObject)
-        .map_err(|err| format!("{name} is not UTF-8: {err}"))
 }
 
 /// Nesting depth of arrays and objects in valid JSON text (a scalar is 0): the deepest
 /// bracket outside strings. One pass, no stack, so a hostile body costs no more than its
 /// length here.
 fn json_depth(text: &str) -> usize {
+    let text = text.as_bytes();
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in text.as_bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = text.get(i) {
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                i = skip_string(text, i);
+                continue;
+            }
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -761,8 +765,24 @@ fn json_depth(text: &str) -> usize {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     deepest
+}
+
+/// The index just past the string that opens at `text[start]`: brackets inside strings do
+/// not nest. Plain runs are skipped with one `memchr2` each, escapes two bytes at a time.
+fn skip_string(text: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < text.len() {
+        i += memchr::memchr2(b'"', b'\\', &text[i..]).unwrap_or(text.len() - i);
+        match text.get(i) {
+            Some(b'"') => return i + 1,
+            Some(_) => i += 2,
+            None => break,
+        }
+    }
+    text.len()
 }
 
 /// The kind of a JSON value from its first byte (the text is valid JSON).
@@ -1190,6 +1210,25 @@ mod tests {
                     proptest::prop_assert_eq!(&body["type"], &Value::from(event.event_type.as_str()));
                 }
             }
+        }
+
+        /// The fast paths skip whole string runs at a time: what they make of any JSON,
+        /// spread over lines, must be what a serializer writes compactly, and the depth what
+        /// the parsed value has.
+        #[test]
+        fn compact_and_depth_agree_with_serde_on_any_json(value in arbitrary_json()) {
+            fn depth(value: &Value) -> usize {
+                match value {
+                    Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+                    Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+                    _ => 0,
+                }
+            }
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            let raw: &RawValue = serde_json::from_str(&pretty).unwrap();
+            let compacted = compact("status", raw).unwrap();
+            proptest::prop_assert_eq!(compacted.0, serde_json::to_string(&value).unwrap());
+            proptest::prop_assert_eq!(json_depth(&pretty), depth(&value));
         }
 
         #[test]
