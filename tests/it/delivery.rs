@@ -89,6 +89,51 @@ async fn a_subscribed_event_reaches_the_primary_signed_as_the_contract_says() {
     assert_eq!(attempt_log(&event), vec![("primary".to_owned(), Some(200))]);
 }
 
+/// Pushes to a plain `http` receiver go over kept-alive connections: one after another,
+/// they share one. A connection the receiver closes (`connection: close`) is not used again,
+/// and the next push opens a new one instead of failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn pushes_share_a_kept_alive_connection_and_a_closed_one_is_replaced() {
+    let gw = TestGateway::start(|_| {}).await;
+    let receiver = Receiver::start().await;
+    configure(&gw.api, "acme", &[&receiver], &["open"]).await;
+    let push = |n: usize| json!({"type": "open", "msg_id": format!("m{n}"), "account": "acme", "event_id": format!("e{n}")});
+    for n in 1..=10 {
+        post(&gw.api, push(n)).await;
+        receiver.wait_for(n, Duration::from_secs(10)).await;
+    }
+    assert_eq!(
+        receiver.connections(),
+        1,
+        "ten pushes in a row, one connection"
+    );
+    let first = &receiver.requests()[0];
+    let port = receiver.addr().port();
+    assert_eq!(
+        first.header("host"),
+        Some(format!("127.0.0.1:{port}").as_str())
+    );
+    assert_eq!(first.path, "/hook");
+
+    receiver.push(Reply::StatusWithHeaders(
+        200,
+        vec![("connection".to_owned(), "close".to_owned())],
+    ));
+    for n in 11..=12 {
+        post(&gw.api, push(n)).await;
+        receiver.wait_for(n, Duration::from_secs(10)).await;
+    }
+    assert_eq!(
+        receiver.connections(),
+        2,
+        "a new connection after the receiver closed one"
+    );
+    for n in [11, 12] {
+        let event = wait_state(&gw.api, "acme", &format!("m{n}"), "delivered").await;
+        assert_eq!(attempt_log(&event), vec![("primary".to_owned(), Some(200))]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unsubscribed_types_and_disabled_push_are_skipped_with_the_reason() {
     let gw = TestGateway::start(|_| {}).await;

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use mailhook_core::chain::Outcome;
 use tokio::time::Instant;
 
+use crate::pool::{Http1Pool, PoolError};
 use crate::resolve::{GuardError, GuardedResolver};
 use crate::tls::{KeepTlsErrors, TlsErrorSlot, describe_tls_error, tls_cause};
 
@@ -29,6 +30,9 @@ const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 const MAILHOOK_ATTEMPT: &str = "mailhook-attempt";
 const MAILHOOK_ADDRESS: &str = "mailhook-address";
+/// Idle keep-alive connections kept per receiver host, and for how long.
+const IDLE_PER_HOST_MAX: usize = 256;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The headers of one attempt, besides content type and user agent.
 #[derive(Debug, Clone)]
@@ -80,7 +84,10 @@ pub struct ClientOptions {
 /// A keep-alive HTTP client shared by every delivery.
 #[derive(Clone)]
 pub struct HttpClient {
+    /// `https` addresses: TLS, ALPN, HTTP/2.
     client: Client<KeepTlsErrors<HttpsConnector<HttpConnector<GuardedResolver>>>, Full<Bytes>>,
+    /// Plain `http` addresses, the common case behind a load balancer or on a private network.
+    http1: Arc<Http1Pool>,
     guard: GuardedResolver,
     attempt_timeout: Duration,
     response_bytes_max: usize,
@@ -100,6 +107,11 @@ impl HttpClient {
         connector.set_nodelay(true);
         // The TLS layer above takes `https` URIs; the TCP connector must let them through.
         connector.enforce_http(false);
+        let http1 = Arc::new(Http1Pool::new(
+            connector.clone(),
+            IDLE_PER_HOST_MAX,
+            IDLE_TIMEOUT,
+        ));
         // ALPN offers h2 and http/1.1: the receiver picks, and a plain `http` address stays
         // HTTP/1.1 (no h2c), as before.
         let connector = HttpsConnectorBuilder::new()
@@ -110,11 +122,12 @@ impl HttpClient {
             .wrap_connector(connector);
         let connector = KeepTlsErrors(connector);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(IDLE_PER_HOST_MAX)
             .build(connector);
         HttpClient {
             client,
+            http1,
             guard: resolver,
             attempt_timeout,
             response_bytes_max,
@@ -266,39 +279,63 @@ impl HttpClient {
     /// Sends and reads the whole (bounded) response, so the connection can be reused.
     async fn exchange(
         &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Option<Duration>), Failure> {
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            let (response, lease) = self.http1.send(request).await.map_err(|err| match err {
+                PoolError::Blocked(error) => Failure::Blocked(error),
+                PoolError::Connect(error) => Failure::Connect(error),
+                PoolError::Other(error) => Failure::Other(error),
+            })?;
+            let (answer, read_to_end) = self.read_answer(response).await;
+            if read_to_end {
+                self.http1.put_back(lease);
+            }
+            return Ok(answer);
+        }
+        self.exchange_https(request).await
+    }
+
+    async fn exchange_https(
+        &self,
         mut request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Option<Duration>), Failure> {
-        // Only a TLS stream keeps an error for later; plain HTTP skips the capture (a
-        // channel per request).
-        let connection = (request.uri().scheme() == Some(&http::uri::Scheme::HTTPS))
-            .then(|| capture_connection(&mut request));
+        // A TLS stream keeps the error the connection died of, to say more than hyper's
+        // "connection closed".
+        let connection = capture_connection(&mut request);
         let response = self.client.request(request).await.map_err(|err| {
-            // What the connection itself died of, when hyper only says "connection closed".
-            let tls_error = connection.as_ref().and_then(|connection| {
-                connection
-                    .connection_metadata()
-                    .as_ref()
-                    .and_then(|connected| {
-                        let mut extras = http::Extensions::new();
-                        connected.get_extras(&mut extras);
-                        extras
-                            .get::<TlsErrorSlot>()
-                            .and_then(|slot| slot.get().map(str::to_owned))
-                    })
-            });
+            let tls_error = connection
+                .connection_metadata()
+                .as_ref()
+                .and_then(|connected| {
+                    let mut extras = http::Extensions::new();
+                    connected.get_extras(&mut extras);
+                    extras
+                        .get::<TlsErrorSlot>()
+                        .and_then(|slot| slot.get().map(str::to_owned))
+                });
             describe_client_error(&err, tls_error)
         })?;
+        Ok(self.read_answer(response).await.0)
+    }
+
+    /// The status and `Retry-After` of an answer, after reading its body (bounded); and
+    /// whether the body was read to its end, which a connection must be to carry another
+    /// request. A body over the limit is not an error of the answer: the status stands.
+    async fn read_answer(
+        &self,
+        response: http::Response<hyper::body::Incoming>,
+    ) -> ((StatusCode, Option<Duration>), bool) {
         let status = response.status();
         let retry_after = response
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(parse_retry_after);
-        // A body over the limit is not an error of the receiver's answer: the status stands,
-        // the connection is just not reused.
-        let _ = Limited::new(response.into_body(), self.response_bytes_max)
+        let read_to_end = Limited::new(response.into_body(), self.response_bytes_max)
             .collect()
-            .await;
-        Ok((status, retry_after))
+            .await
+            .is_ok();
+        ((status, retry_after), read_to_end)
     }
 }
 

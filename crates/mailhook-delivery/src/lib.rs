@@ -8,6 +8,7 @@ pub mod config;
 mod dispatcher;
 mod error;
 mod plugins;
+mod pool;
 pub mod resolve;
 pub mod settings_cache;
 pub mod test_push;
