@@ -277,9 +277,6 @@ pub struct IntakeLimits {
 
 /// Parses an intake body (one event object, or an array of them) into validated events.
 ///
-/// All or nothing: any invalid field rejects the whole body, and every problem found is
-/// reported with its index and field. `new_event_id` supplies ids for events without one;
-/// `now_ms` is the default timestamp.
 /// Parses an intake body (one event object, or an array of them) into validated events.
 ///
 /// All or nothing: any invalid field rejects the whole body, and every problem found is
@@ -294,22 +291,25 @@ pub fn parse_intake(
     now_ms: i64,
     new_event_id: &mut dyn FnMut() -> EventId,
 ) -> Result<Vec<Event>, IntakeError> {
-    let value: &RawValue =
-        serde_json::from_slice(body).map_err(|err| IntakeError::Json(err.to_string()))?;
-    let depth = json_depth(value.get());
+    let json = |err: serde_json::Error| IntakeError::Json(err.to_string());
+    // Parsed straight into its events' texts, each kept raw: one pass over the body, where
+    // parsing it whole first and then its array again took two.
+    let items: Vec<&RawValue> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body).map_err(json)?,
+        Some(b'{') => vec![serde_json::from_slice(body).map_err(json)?],
+        _ => {
+            let value: &RawValue = serde_json::from_slice(body).map_err(json)?;
+            return Err(IntakeError::Shape(raw_kind(value)));
+        }
+    };
+    // Valid JSON now, so its depth can be counted without a parser's stack.
+    let depth = json_depth(body);
     if depth > limits.json_depth_max {
         return Err(IntakeError::TooDeep {
             depth,
             max: limits.json_depth_max,
         });
     }
-    let items: Vec<&RawValue> = match raw_kind(value) {
-        "an array" => {
-            serde_json::from_str(value.get()).map_err(|err| IntakeError::Json(err.to_string()))?
-        }
-        "an object" => vec![value],
-        other => return Err(IntakeError::Shape(other)),
-    };
     if items.is_empty() {
         return Err(IntakeError::Empty);
     }
@@ -748,8 +748,7 @@ fn string_end(name: &str, text: &[u8], start: usize) -> Result<usize, String> {
 /// Nesting depth of arrays and objects in valid JSON text (a scalar is 0): the deepest
 /// bracket outside strings. One pass, no stack, so a hostile body costs no more than its
 /// length here.
-fn json_depth(text: &str) -> usize {
-    let text = text.as_bytes();
+fn json_depth(text: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let mut i = 0;
     while let Some(&b) = text.get(i) {
@@ -1228,7 +1227,7 @@ mod tests {
             let raw: &RawValue = serde_json::from_str(&pretty).unwrap();
             let compacted = compact("status", raw).unwrap();
             proptest::prop_assert_eq!(compacted.0, serde_json::to_string(&value).unwrap());
-            proptest::prop_assert_eq!(json_depth(&pretty), depth(&value));
+            proptest::prop_assert_eq!(json_depth(pretty.as_bytes()), depth(&value));
         }
 
         #[test]
