@@ -97,11 +97,15 @@ async fn pushes_share_a_kept_alive_connection_and_a_closed_one_is_replaced() {
     let gw = TestGateway::start(|_| {}).await;
     let receiver = Receiver::start().await;
     configure(&gw.api, "acme", &[&receiver], &["open"]).await;
-    let push = |n: usize| json!({"type": "open", "msg_id": format!("m{n}"), "account": "acme", "event_id": format!("e{n}")});
-    for n in 1..=10 {
-        post(&gw.api, push(n)).await;
-        receiver.wait_for(n, Duration::from_secs(10)).await;
-    }
+    // One at a time: each push waits for the one before it to arrive.
+    let push_in_turn = async |numbers: std::ops::RangeInclusive<usize>| {
+        for n in numbers {
+            let event = json!({"type": "open", "msg_id": format!("m{n}"), "account": "acme", "event_id": format!("e{n}")});
+            post(&gw.api, event).await;
+            receiver.wait_for(n, Duration::from_secs(10)).await;
+        }
+    };
+    push_in_turn(1..=10).await;
     assert_eq!(
         receiver.connections(),
         1,
@@ -119,10 +123,7 @@ async fn pushes_share_a_kept_alive_connection_and_a_closed_one_is_replaced() {
         200,
         vec![("connection".to_owned(), "close".to_owned())],
     ));
-    for n in 11..=12 {
-        post(&gw.api, push(n)).await;
-        receiver.wait_for(n, Duration::from_secs(10)).await;
-    }
+    push_in_turn(11..=12).await;
     assert_eq!(
         receiver.connections(),
         2,
