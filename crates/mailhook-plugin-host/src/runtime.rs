@@ -29,6 +29,10 @@ const WASM_STACK_BYTES_MAX: usize = 512 * 1024;
 const CORE_INSTANCES_PER_COMPONENT_MAX: u32 = 16;
 const MEMORIES_PER_COMPONENT_MAX: u32 = 4;
 const TABLES_PER_COMPONENT_MAX: u32 = 8;
+/// Address space reserved for each linear memory, and the guard region after it: enough for
+/// the compiler to leave out bounds checks on 32-bit memories.
+const MEMORY_RESERVATION_BYTES: u64 = 4 << 30;
+const MEMORY_GUARD_BYTES: u64 = 2 << 30;
 /// Table elements a plugin may have (function pointers for indirect calls).
 const TABLE_ELEMENTS_MAX: usize = 100_000;
 /// Bytes of each plugin memory reset in place after a call rather than returned to the kernel:
@@ -62,7 +66,7 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     /// `slots`: calls that may run at once (the plugin threads); `memory_bytes_max`: the
-    /// most any plugin may use (the pool reserves it per memory); `cache_dir`: where
+    /// most any plugin may use; `cache_dir`: where
     /// compiled code is kept across restarts (`None`: not kept).
     pub fn new(slots: u32, memory_bytes_max: usize, cache_dir: Option<&Path>) -> Result<Runtime> {
         let mut pool = PoolingAllocationConfig::default();
@@ -76,7 +80,7 @@ impl Runtime {
             .max_memories_per_component(MEMORIES_PER_COMPONENT_MAX)
             .max_tables_per_component(TABLES_PER_COMPONENT_MAX)
             .table_elements(TABLE_ELEMENTS_MAX)
-            // Reserve what is enforced, not wasmtime's default of 4 GiB per memory.
+            // The most a plugin memory may grow to (the limiter says so per call, too).
             .max_memory_size(memory_bytes_max)
             // A fresh instance per call means a memory and table reset per call. Reset the
             // first bytes by writing zeros (or the initial image) instead of giving pages back
@@ -92,8 +96,16 @@ impl Runtime {
         let mut config = Config::new();
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .memory_reservation(memory_bytes_max as u64)
-            .memory_guard_size(64 * 1024)
+            // Address space, not memory: with 4 GiB reserved and a 2 GiB guard behind each
+            // linear memory, every 32-bit address a plugin can form lands in the reservation,
+            // so Cranelift drops the bounds check (and its Spectre guard) on each load and
+            // store, and the guard pages trap what is past the memory's size. Reserving only
+            // `memory_bytes_max` made each access check: per-call p50 38 -> 23 us with a
+            // transform on every event. At the 64-thread maximum the pool reserves 512
+            // memories, 3 TiB of the 128 TiB a 64-bit Linux process may address; the cap on
+            // what a plugin may use is `max_memory_size` above and the limiter, as before.
+            .memory_reservation(MEMORY_RESERVATION_BYTES)
+            .memory_guard_size(MEMORY_GUARD_BYTES)
             .memory_reservation_for_growth(0)
             .consume_fuel(true)
             .epoch_interruption(true)
