@@ -277,8 +277,6 @@ pub struct IntakeLimits {
 
 /// Parses an intake body (one event object, or an array of them) into validated events.
 ///
-/// Parses an intake body (one event object, or an array of them) into validated events.
-///
 /// All or nothing: any invalid field rejects the whole body, and every problem found is
 /// reported with its index and field. `new_event_id` supplies ids for events without one;
 /// `now_ms` is the default timestamp.
