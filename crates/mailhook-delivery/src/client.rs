@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use mailhook_core::chain::Outcome;
 use tokio::time::Instant;
 
-use crate::pool::{Http1Pool, PoolError};
+use crate::pool::Http1Pool;
 use crate::resolve::{GuardError, GuardedResolver};
 use crate::tls::{KeepTlsErrors, TlsErrorSlot, describe_tls_error, tls_cause};
 
@@ -282,11 +282,7 @@ impl HttpClient {
         request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Option<Duration>), Failure> {
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-            let (response, lease) = self.http1.send(request).await.map_err(|err| match err {
-                PoolError::Blocked(error) => Failure::Blocked(error),
-                PoolError::Connect(error) => Failure::Connect(error),
-                PoolError::Other(error) => Failure::Other(error),
-            })?;
+            let (response, lease) = self.http1.send(request).await?;
             let (answer, read_to_end) = self.read_answer(response).await;
             if read_to_end {
                 self.http1.put_back(lease);
@@ -380,7 +376,7 @@ fn classify(
 }
 
 /// Why an exchange produced no status.
-enum Failure {
+pub(crate) enum Failure {
     /// The SSRF guard refused every IP: retrying the same address cannot help.
     Blocked(String),
     Tls(String),
@@ -424,44 +420,61 @@ fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
     )
 }
 
-/// The innermost cause of a client error: "connection refused" says more than "client error".
-/// `tls_error` is the TLS error the connection recorded, if any: it says more than any other.
+/// What a chain of error causes comes to: a failure it names outright (the SSRF guard's
+/// refusal, a TLS error: they say what to do), or else the words of its innermost cause
+/// ("connection refused" says more than "client error").
+pub(crate) enum Cause {
+    Known(Failure),
+    Innermost(Option<String>),
+}
+
+/// Walks the causes from `first` on. Both clients' errors go through it: hyper-util's for
+/// `https`, and the plain `http` pool's connect and exchange errors.
+pub(crate) fn cause(first: Option<&(dyn std::error::Error + 'static)>) -> Cause {
+    let mut source = first;
+    let mut last = None;
+    while let Some(cause) = source {
+        if let Some(guard) = cause.downcast_ref::<GuardError>() {
+            return Cause::Known(match guard {
+                GuardError::Blocked { .. } => Failure::Blocked(guard.to_string()),
+                other => Failure::Connect(format!("connect error: {other}")),
+            });
+        }
+        if let Some(tls) = tls_cause(cause) {
+            return Cause::Known(Failure::Tls(describe_tls_error(tls)));
+        }
+        last = Some(cause.to_string());
+        source = cause.source();
+    }
+    Cause::Innermost(last)
+}
+
+/// `what`, then `: <innermost cause>` when there is one.
+pub(crate) fn with_cause(what: &str, innermost: Option<String>) -> String {
+    match innermost {
+        Some(last) => format!("{what}: {last}"),
+        None => what.to_owned(),
+    }
+}
+
+/// A hyper-util client error in words. `tls_error` is the TLS error the connection recorded,
+/// if any: it says more than any other.
 fn describe_client_error(
     err: &hyper_util::client::legacy::Error,
     tls_error: Option<String>,
 ) -> Failure {
     use std::error::Error as _;
-    let mut source = err.source();
-    let mut last = None;
-    while let Some(cause) = source {
-        if let Some(guard) = cause.downcast_ref::<GuardError>() {
-            return match guard {
-                GuardError::Blocked { .. } => Failure::Blocked(guard.to_string()),
-                other => Failure::Connect(format!("connect error: {other}")),
-            };
-        }
-        if let Some(tls) = tls_cause(cause) {
-            return Failure::Tls(describe_tls_error(tls));
-        }
-        last = Some(cause.to_string());
-        source = cause.source();
-    }
+    let last = match cause(err.source()) {
+        Cause::Known(failure) => return failure,
+        Cause::Innermost(last) => last,
+    };
     if let Some(tls_error) = tls_error {
         return Failure::Tls(tls_error);
     }
-    let mut message = if err.is_connect() {
-        "connect error".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    if let Some(last) = last {
-        message.push_str(": ");
-        message.push_str(&last);
-    }
     if err.is_connect() {
-        Failure::Connect(message)
+        Failure::Connect(with_cause("connect error", last))
     } else {
-        Failure::Other(message)
+        Failure::Other(with_cause("request failed", last))
     }
 }
 

@@ -22,19 +22,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::resolve::{GuardError, GuardedResolver};
+use crate::client::{Cause, Failure, cause, with_cause};
+use crate::resolve::GuardedResolver;
 
 type Sender = SendRequest<Full<Bytes>>;
-
-/// Why a request through the pool got no answer.
-pub(crate) enum PoolError {
-    /// The SSRF guard refused every IP the host resolved to.
-    Blocked(String),
-    /// No connection: refused, unreachable, name not found, connect timeout.
-    Connect(String),
-    /// Connected, then the exchange broke (reset, malformed answer, closed early).
-    Other(String),
-}
 
 /// Idle connections by host and port, and how long one may stay idle.
 pub(crate) struct Http1Pool {
@@ -85,12 +76,12 @@ impl Http1Pool {
     pub async fn send(
         &self,
         mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Lease), PoolError> {
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
         let uri = request.uri().clone();
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| PoolError::Other(format!("address `{uri}` has no host")))?;
+            .ok_or_else(|| Failure::Other(format!("address `{uri}` has no host")))?;
         if !request.headers().contains_key(header::HOST) {
             request
                 .headers_mut()
@@ -170,7 +161,7 @@ impl Http1Pool {
         });
     }
 
-    async fn connect(&self, uri: Uri) -> Result<Sender, PoolError> {
+    async fn connect(&self, uri: Uri) -> Result<Sender, Failure> {
         let mut connector = self.connector.clone();
         let io = connector
             .call(uri)
@@ -189,12 +180,12 @@ impl Http1Pool {
 }
 
 /// `Host` as an HTTP/1.1 client sends it: the port only when it is not 80.
-fn host_header(authority: &Authority) -> Result<HeaderValue, PoolError> {
+fn host_header(authority: &Authority) -> Result<HeaderValue, Failure> {
     let value = match authority.port_u16() {
         Some(80) | None => HeaderValue::from_str(authority.host()),
         Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
     };
-    value.map_err(|_| PoolError::Other(format!("host `{authority}` is not a valid Host header")))
+    value.map_err(|_| Failure::Other(format!("host `{authority}` is not a valid Host header")))
 }
 
 /// The request target of an HTTP/1.1 request to an origin server: path and query only.
@@ -209,39 +200,23 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-/// What a failed connect says: the SSRF guard's refusal as it is, else the innermost cause
-/// ("Connection refused" says more than "tcp connect error").
-fn connect_error(err: &(dyn std::error::Error + 'static)) -> PoolError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut last = err.to_string();
-    while let Some(current) = cause {
-        if let Some(guard) = current.downcast_ref::<GuardError>() {
-            return match guard {
-                GuardError::Blocked { .. } => PoolError::Blocked(guard.to_string()),
-                other => PoolError::Connect(format!("connect error: {other}")),
-            };
-        }
-        last = current.to_string();
-        cause = current.source();
+/// What a failed connect says: the SSRF guard's refusal as it is, else its innermost cause.
+fn connect_error(err: &(dyn std::error::Error + 'static)) -> Failure {
+    match cause(Some(err)) {
+        Cause::Known(failure) => failure,
+        Cause::Innermost(last) => Failure::Connect(with_cause("connect error", last)),
     }
-    PoolError::Connect(format!("connect error: {last}"))
 }
 
 /// What a broken exchange says: hyper's words and their innermost cause.
-fn exchange_error(err: &hyper::Error) -> PoolError {
+fn exchange_error(err: &hyper::Error) -> Failure {
     use std::error::Error as _;
-    let mut message = format!("request failed: {err}");
-    let mut cause = err.source();
-    let mut last = None;
-    while let Some(current) = cause {
-        last = Some(current.to_string());
-        cause = current.source();
+    match cause(err.source()) {
+        Cause::Known(failure) => failure,
+        Cause::Innermost(last) => {
+            Failure::Other(with_cause(&format!("request failed: {err}"), last))
+        }
     }
-    if let Some(last) = last {
-        message.push_str(": ");
-        message.push_str(&last);
-    }
-    PoolError::Other(message)
 }
 
 #[cfg(test)]
