@@ -40,6 +40,8 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(600);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How often the gateway run looks at the sink's count.
 const POLL_EVERY: Duration = Duration::from_millis(20);
+/// Most `--rounds`: each is a few runs of the whole load.
+const ROUNDS_MAX: usize = 20;
 /// Most events one bench holds in memory (each is ~350 bytes, kept twice).
 const EVENTS_MAX: usize = 10_000_000;
 
@@ -107,6 +109,12 @@ pub struct Args {
     /// reached, and report its latency (target: p99 from 202 to delivery under 50 ms).
     #[arg(long)]
     half_rate: bool,
+    /// Repeat the pairs the targets are ratios of, alternating, this many times in all: the
+    /// raw one-per-POST baseline and the gateway end to end (and, with --plugin, the gateway
+    /// with the plugin), and report each round and the median ratios. The machine's speed
+    /// drifts between runs, so one pair can be off by a tenth either way.
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    rounds: usize,
     /// Instead of the runs above: batched intake alone. The gateway runs with
     /// `delivery.enabled = false` and the report sets its accepted events/s next to the raw
     /// batched POSTs of the same run (target: 150,000 events/s).
@@ -134,6 +142,7 @@ struct Plan {
     compare_metrics: bool,
     failover: bool,
     half_rate: bool,
+    rounds: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -309,6 +318,11 @@ fn plan(args: &Args) -> Result<Plan> {
         "--raw-senders {} must be from 1 to 4096",
         args.raw_senders
     );
+    ensure!(
+        (1..=ROUNDS_MAX).contains(&args.rounds),
+        "--rounds {} must be from 1 to {ROUNDS_MAX}",
+        args.rounds
+    );
     if let Some(k) = args.in_flight_per_address {
         ensure!(
             (1..=4096).contains(&k),
@@ -333,6 +347,7 @@ fn plan(args: &Args) -> Result<Plan> {
         compare_metrics: args.compare_metrics,
         failover: args.failover,
         half_rate: args.half_rate,
+        rounds: args.rounds,
     })
 }
 
@@ -394,11 +409,52 @@ struct Results {
     failover: Option<GatewayRows>,
     /// The same run with intake paced at this rate, half the normal run's (`--half-rate`).
     half_rate: Option<(f64, GatewayRows)>,
+    /// Every round of the ratio pairs, the runs above being the first (`--rounds`).
+    rounds: Vec<Round>,
 }
 
 impl Results {
     fn ratio(&self) -> f64 {
         self.end_to_end.events_per_s / self.raw_one_per_post.events_per_s
+    }
+}
+
+/// One round of the runs the targets are ratios of.
+struct Round {
+    raw_one_per_post: f64,
+    delivered: f64,
+    gateway_cpu_per_100k: Option<f64>,
+    /// Delivered events/s with the plugin on every event (`--plugin`).
+    delivered_with_plugin: Option<f64>,
+}
+
+impl Round {
+    fn of(raw: &Row, gateway: &GatewayRows, plugin: Option<&GatewayRows>) -> Round {
+        Round {
+            raw_one_per_post: raw.events_per_s,
+            delivered: gateway.end_to_end.events_per_s,
+            gateway_cpu_per_100k: gateway.end_to_end.gateway_cpu_per_100k,
+            delivered_with_plugin: plugin.map(|with| with.end_to_end.events_per_s),
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        self.delivered / self.raw_one_per_post
+    }
+
+    fn plugin_ratio(&self) -> Option<f64> {
+        self.delivered_with_plugin.map(|with| with / self.delivered)
+    }
+}
+
+/// The middle value (the mean of the two middle ones for an even count); `None` for none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
 
@@ -473,6 +529,24 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
     } else {
         None
     };
+    let mut rounds = vec![Round::of(&raw_one_per_post, &gateway, plugin.as_ref())];
+    for round in 2..=plan.rounds {
+        eprintln!("bench: round {round} of {}", plan.rounds);
+        let raw_again = raw(plan, payloads, Raw::OnePerPost).await?;
+        let dir = dir.join(format!("round-{round}"));
+        let gateway_again = through_gateway(plan, payloads, bin, &dir, Variant::default()).await?;
+        let plugin_again = match &plan.plugin {
+            Some(path) => {
+                let variant = Variant {
+                    plugin: Some(path),
+                    ..Variant::default()
+                };
+                Some(through_gateway(plan, payloads, bin, &dir.join("plugin"), variant).await?)
+            }
+            None => None,
+        };
+        rounds.push(Round::of(&raw_again, &gateway_again, plugin_again.as_ref()));
+    }
     let failover = if plan.failover {
         eprintln!("bench: gateway on SQLite, primary down (connection refused), sink as backup-1");
         let variant = Variant {
@@ -497,6 +571,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         metrics_off,
         failover,
         half_rate,
+        rounds,
     })
 }
 
@@ -812,6 +887,62 @@ fn print_report(w: &mut String, header: &str, results: &Results) {
     }
     if let Some((rate, paced)) = &results.half_rate {
         print_half_rate(w, *rate, paced);
+    }
+    if results.rounds.len() > 1 {
+        print_rounds(w, &results.rounds);
+    }
+}
+
+/// Each round's pair and the medians, for `--rounds`.
+fn print_rounds(w: &mut String, rounds: &[Round]) {
+    let optional = |value: Option<f64>, decimals: usize| {
+        value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+    };
+    writeln!(w).unwrap();
+    writeln!(
+        w,
+        "rounds (raw one-per-POST, then the gateway, alternating; the first is the run above):"
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "{:<7}{:>12}{:>13}{:>8}{:>15}{:>14}{:>14}",
+        "round", "raw/s", "delivered/s", "ratio", "gw CPU s/100k", "with plugin/s", "plugin ratio"
+    )
+    .unwrap();
+    for (i, round) in rounds.iter().enumerate() {
+        writeln!(
+            w,
+            "{:<7}{:>12.0}{:>13.0}{:>8.3}{:>15}{:>14}{:>14}",
+            i + 1,
+            round.raw_one_per_post,
+            round.delivered,
+            round.ratio(),
+            optional(round.gateway_cpu_per_100k, 2),
+            optional(round.delivered_with_plugin, 0),
+            optional(round.plugin_ratio(), 3),
+        )
+        .unwrap();
+    }
+    let verdict = |ratio: f64, target: f64| if ratio >= target { "met" } else { "NOT met" };
+    if let Some(ratio) = median(rounds.iter().map(Round::ratio).collect()) {
+        writeln!(
+            w,
+            "median ratio delivered / raw one-per-POST over {} rounds: {ratio:.3}   (target >= {TARGET_RATIO:.2}: {})",
+            rounds.len(),
+            verdict(ratio, TARGET_RATIO)
+        )
+        .unwrap();
+    }
+    if let Some(ratio) = median(rounds.iter().filter_map(Round::plugin_ratio).collect()) {
+        writeln!(
+            w,
+            "median ratio with plugin / without over {} rounds: {ratio:.3}   (target >= {:.2}: {})",
+            rounds.len(),
+            plugin::TARGET_RATIO,
+            verdict(ratio, plugin::TARGET_RATIO)
+        )
+        .unwrap();
     }
 }
 
@@ -1141,6 +1272,16 @@ fn json_report(
             "gateway_end_to_end": row(&paced.end_to_end),
             "target_p99_ms": HALF_RATE_P99_MS,
         })),
+        "rounds": results.rounds.iter().map(|round| serde_json::json!({
+            "raw_one_per_post_events_per_s": round.raw_one_per_post,
+            "delivered_events_per_s": round.delivered,
+            "ratio": round.ratio(),
+            "gateway_cpu_s_per_100k": round.gateway_cpu_per_100k,
+            "delivered_with_plugin_events_per_s": round.delivered_with_plugin,
+            "plugin_ratio": round.plugin_ratio(),
+        })).collect::<Vec<_>>(),
+        "ratio_median": median(results.rounds.iter().map(Round::ratio).collect()),
+        "plugin_ratio_median": median(results.rounds.iter().filter_map(Round::plugin_ratio).collect()),
         "failover": results.failover.as_ref().map(|down| serde_json::json!({
             "gateway_end_to_end": row(&down.end_to_end),
             "ratio_primary_down_to_up": down.end_to_end.events_per_s / results.end_to_end.events_per_s,
@@ -1214,7 +1355,15 @@ fn commit(root: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::date_of;
+    use super::{date_of, median};
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(Vec::new()), None);
+        assert_eq!(median(vec![0.4]), Some(0.4));
+        assert_eq!(median(vec![0.52, 0.41, 0.47]), Some(0.47));
+        assert_eq!(median(vec![0.5, 0.3, 0.6, 0.4]), Some(0.45));
+    }
 
     #[test]
     fn dates_of_days_since_the_epoch() {
