@@ -417,6 +417,16 @@ impl Results {
     fn ratio(&self) -> f64 {
         self.end_to_end.events_per_s / self.raw_one_per_post.events_per_s
     }
+
+    /// The median end-to-end ratio over the rounds.
+    fn ratio_median(&self) -> Option<f64> {
+        median(self.rounds.iter().map(Round::ratio).collect())
+    }
+
+    /// The median plugin ratio over the rounds (`--plugin`).
+    fn plugin_ratio_median(&self) -> Option<f64> {
+        median(self.rounds.iter().filter_map(Round::plugin_ratio).collect())
+    }
 }
 
 /// One round of the runs the targets are ratios of.
@@ -445,6 +455,11 @@ impl Round {
     fn plugin_ratio(&self) -> Option<f64> {
         self.delivered_with_plugin.map(|with| with / self.delivered)
     }
+}
+
+/// A figure with `decimals` decimals, or `-` where the run has none.
+fn dash_or(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 /// The middle value (the mean of the two middle ones for an even count); `None` for none.
@@ -494,12 +509,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
                 "bench: gateway on SQLite with plugin {} on every event",
                 path.display()
             );
-            let dir = dir.join("plugin");
-            let variant = Variant {
-                plugin: Some(path),
-                ..Variant::default()
-            };
-            Some(through_gateway(plan, payloads, bin, &dir, variant).await?)
+            Some(with_plugin(plan, payloads, bin, &dir.join("plugin"), path).await?)
         }
         None => None,
     };
@@ -536,13 +546,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         let dir = dir.join(format!("round-{round}"));
         let gateway_again = through_gateway(plan, payloads, bin, &dir, Variant::default()).await?;
         let plugin_again = match &plan.plugin {
-            Some(path) => {
-                let variant = Variant {
-                    plugin: Some(path),
-                    ..Variant::default()
-                };
-                Some(through_gateway(plan, payloads, bin, &dir.join("plugin"), variant).await?)
-            }
+            Some(path) => Some(with_plugin(plan, payloads, bin, &dir.join("plugin"), path).await?),
             None => None,
         };
         rounds.push(Round::of(&raw_again, &gateway_again, plugin_again.as_ref()));
@@ -573,6 +577,21 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         half_rate,
         rounds,
     })
+}
+
+/// The plain gateway run with the transform plugin at `path` on every event.
+async fn with_plugin(
+    plan: &Plan,
+    payloads: &Arc<Payloads>,
+    bin: &Path,
+    dir: &Path,
+    path: &Path,
+) -> Result<GatewayRows> {
+    let variant = Variant {
+        plugin: Some(path),
+        ..Variant::default()
+    };
+    through_gateway(plan, payloads, bin, dir, variant).await
 }
 
 #[derive(Clone, Copy)]
@@ -824,7 +843,6 @@ fn print_report(w: &mut String, header: &str, results: &Results) {
         "bench CPU s/100k"
     )
     .unwrap();
-    let optional = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
     for row in [
         &results.raw_batched,
         &results.raw_one_per_post,
@@ -842,10 +860,9 @@ fn print_report(w: &mut String, header: &str, results: &Results) {
             "{:<32}{:>10.0}{p50:>9.2}{p99:>9.2}{p999:>9.2}{max:>9.2}{:>14}{:>15}{:>17}",
             row.name,
             row.events_per_s,
-            row.rss_peak_mib
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
-            optional(row.gateway_cpu_per_100k),
-            optional(row.bench_cpu_per_100k),
+            dash_or(row.rss_peak_mib, 1),
+            dash_or(row.gateway_cpu_per_100k, 2),
+            dash_or(row.bench_cpu_per_100k, 2),
         )
         .unwrap();
     }
@@ -889,15 +906,13 @@ fn print_report(w: &mut String, header: &str, results: &Results) {
         print_half_rate(w, *rate, paced);
     }
     if results.rounds.len() > 1 {
-        print_rounds(w, &results.rounds);
+        print_rounds(w, results);
     }
 }
 
 /// Each round's pair and the medians, for `--rounds`.
-fn print_rounds(w: &mut String, rounds: &[Round]) {
-    let optional = |value: Option<f64>, decimals: usize| {
-        value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
-    };
+fn print_rounds(w: &mut String, results: &Results) {
+    let rounds = &results.rounds;
     writeln!(w).unwrap();
     writeln!(
         w,
@@ -918,14 +933,14 @@ fn print_rounds(w: &mut String, rounds: &[Round]) {
             round.raw_one_per_post,
             round.delivered,
             round.ratio(),
-            optional(round.gateway_cpu_per_100k, 2),
-            optional(round.delivered_with_plugin, 0),
-            optional(round.plugin_ratio(), 3),
+            dash_or(round.gateway_cpu_per_100k, 2),
+            dash_or(round.delivered_with_plugin, 0),
+            dash_or(round.plugin_ratio(), 3),
         )
         .unwrap();
     }
     let verdict = |ratio: f64, target: f64| if ratio >= target { "met" } else { "NOT met" };
-    if let Some(ratio) = median(rounds.iter().map(Round::ratio).collect()) {
+    if let Some(ratio) = results.ratio_median() {
         writeln!(
             w,
             "median ratio delivered / raw one-per-POST over {} rounds: {ratio:.3}   (target >= {TARGET_RATIO:.2}: {})",
@@ -934,7 +949,7 @@ fn print_rounds(w: &mut String, rounds: &[Round]) {
         )
         .unwrap();
     }
-    if let Some(ratio) = median(rounds.iter().filter_map(Round::plugin_ratio).collect()) {
+    if let Some(ratio) = results.plugin_ratio_median() {
         writeln!(
             w,
             "median ratio with plugin / without over {} rounds: {ratio:.3}   (target >= {:.2}: {})",
@@ -1014,8 +1029,7 @@ fn print_comparison(
             row.events_per_s,
             row.latency.p50,
             row.latency.p99,
-            row.gateway_cpu_per_100k
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            dash_or(row.gateway_cpu_per_100k, 2),
         )
         .unwrap();
     }
@@ -1047,10 +1061,8 @@ fn print_plugin(w: &mut String, without: &Results, with: &GatewayRows) {
             row.events_per_s,
             row.latency.p50,
             row.latency.p99,
-            row.rss_peak_mib
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
-            row.gateway_cpu_per_100k
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            dash_or(row.rss_peak_mib, 1),
+            dash_or(row.gateway_cpu_per_100k, 2),
         )
         .unwrap();
     }
@@ -1111,16 +1123,15 @@ fn print_side_by_side(w: &mut String, sqlite: &Results, postgres: &GatewayRows) 
             );
         }
     }
-    let optional = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
     line(
         "peak RSS MiB",
-        optional(sqlite.end_to_end.rss_peak_mib),
-        optional(postgres.end_to_end.rss_peak_mib),
+        dash_or(sqlite.end_to_end.rss_peak_mib, 2),
+        dash_or(postgres.end_to_end.rss_peak_mib, 2),
     );
     line(
         "gateway CPU s/100k events",
-        optional(sqlite.end_to_end.gateway_cpu_per_100k),
-        optional(postgres.end_to_end.gateway_cpu_per_100k),
+        dash_or(sqlite.end_to_end.gateway_cpu_per_100k, 2),
+        dash_or(postgres.end_to_end.gateway_cpu_per_100k, 2),
     );
     line(
         "intake retried after 503 / 429",
@@ -1280,8 +1291,8 @@ fn json_report(
             "delivered_with_plugin_events_per_s": round.delivered_with_plugin,
             "plugin_ratio": round.plugin_ratio(),
         })).collect::<Vec<_>>(),
-        "ratio_median": median(results.rounds.iter().map(Round::ratio).collect()),
-        "plugin_ratio_median": median(results.rounds.iter().filter_map(Round::plugin_ratio).collect()),
+        "ratio_median": results.ratio_median(),
+        "plugin_ratio_median": results.plugin_ratio_median(),
         "failover": results.failover.as_ref().map(|down| serde_json::json!({
             "gateway_end_to_end": row(&down.end_to_end),
             "ratio_primary_down_to_up": down.end_to_end.events_per_s / results.end_to_end.events_per_s,
