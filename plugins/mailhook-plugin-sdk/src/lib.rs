@@ -22,6 +22,8 @@
 use serde::de::DeserializeOwned;
 pub use serde_json::{self, Map, Value, json};
 
+pub mod text;
+
 #[doc(hidden)]
 pub mod bindings {
     //! What wit-bindgen generates from `plugins/wit/plugin.wit`. Plugins use the typed
@@ -68,6 +70,43 @@ impl Event {
             payload,
         }
     }
+}
+
+/// One event with its payload as the JSON text the host sent, unparsed: for transforms that
+/// change a few fields of every event and should not pay for parsing and writing out the
+/// whole payload. Find a field with [`text::locate`] and splice the new text in; export the
+/// function with [`export_raw_transform!`]. The host checks that the text returned is JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    pub account: String,
+    pub event_type: String,
+    pub event_id: String,
+    pub msg_id: String,
+    /// The JSON body a receiver would get (after the transforms before this one), as text.
+    pub payload: String,
+}
+
+impl RawEvent {
+    /// An event for tests, like [`Event::from_payload`].
+    pub fn from_payload(payload: &Value) -> RawEvent {
+        let event = Event::from_payload(payload.clone());
+        RawEvent {
+            account: event.account,
+            event_type: event.event_type,
+            event_id: event.event_id,
+            msg_id: event.msg_id,
+            payload: payload.to_string(),
+        }
+    }
+}
+
+/// What a raw transform decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawOutcome {
+    /// Push this JSON text instead.
+    Payload(String),
+    /// Do not push the event, as [`Outcome::Drop`].
+    Drop(String),
 }
 
 /// What a transform decided.
@@ -235,6 +274,25 @@ pub fn __run_transform(
 }
 
 #[doc(hidden)]
+pub fn __run_raw_transform(
+    event: wit::Event,
+    transform: fn(RawEvent) -> Result<RawOutcome, String>,
+) -> Result<wit::Transformed, String> {
+    report_panics();
+    let event = RawEvent {
+        account: event.account,
+        event_type: event.event_type,
+        event_id: event.event_id,
+        msg_id: event.msg_id,
+        payload: event.payload,
+    };
+    match transform(event)? {
+        RawOutcome::Payload(payload) => Ok(wit::Transformed::Payload(payload)),
+        RawOutcome::Drop(reason) => Ok(wit::Transformed::Drop(reason)),
+    }
+}
+
+#[doc(hidden)]
 pub fn __run_sink(
     event: wit::Event,
     sink: fn(Event) -> Result<Vec<Effect>, String>,
@@ -273,6 +331,36 @@ macro_rules! export_transform {
             ) -> ::core::result::Result<$crate::bindings::mailhook::plugin::types::Transformed, ::std::string::String>
             {
                 $crate::__run_transform(event, $transform)
+            }
+
+            fn deliver(
+                _event: $crate::bindings::mailhook::plugin::types::Event,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<$crate::bindings::mailhook::plugin::types::Effect>,
+                ::std::string::String,
+            > {
+                ::core::result::Result::Err($crate::__not_a("sink"))
+            }
+        }
+
+        $crate::bindings::__export_plugin!(__MailhookPlugin with_types_in $crate::bindings);
+    };
+}
+
+/// Exports `fn(RawEvent) -> Result<RawOutcome, String>` as the plugin's transform: the
+/// payload stays text (see [`RawEvent`]).
+#[macro_export]
+macro_rules! export_raw_transform {
+    ($transform:path) => {
+        #[doc(hidden)]
+        struct __MailhookPlugin;
+
+        impl $crate::bindings::Guest for __MailhookPlugin {
+            fn transform(
+                event: $crate::bindings::mailhook::plugin::types::Event,
+            ) -> ::core::result::Result<$crate::bindings::mailhook::plugin::types::Transformed, ::std::string::String>
+            {
+                $crate::__run_raw_transform(event, $transform)
             }
 
             fn deliver(

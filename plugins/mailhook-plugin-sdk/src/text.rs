@@ -1,0 +1,339 @@
+//! Finding a value in JSON text by its JSON pointer, without parsing the document.
+//!
+//! Why: a transform that changes one or two fields (a recipient, an IP) spends most of its
+//! call building a `serde_json::Value` of the whole payload and writing it out again, on
+//! every event. With [`locate`] it parses only the value it changes and splices the new text
+//! in; everything else is copied as it is. Used through [`crate::RawEvent`] and
+//! [`crate::export_raw_transform!`].
+
+use std::ops::Range;
+
+/// Where the value at a pointer lies in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// The value's own bytes: replace this range with other JSON text to change it.
+    pub value: Range<usize>,
+    /// The member (`"key": value`) or array element with one comma next to it: remove this
+    /// range to delete it and keep the text valid JSON. Empty for the pointer `""`, the whole
+    /// document, which cannot be removed.
+    pub member: Range<usize>,
+}
+
+/// The span of the value `pointer` (RFC 6901, like `/email/to` or `/tags/0`) names in the
+/// JSON text `json`, or `None` when there is no such value. An error when the text is not
+/// JSON along the way (the rest of the document is not checked) or the pointer is not a
+/// pointer.
+pub fn locate(json: &str, pointer: &str) -> Result<Option<Span>, String> {
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        return Err(format!(
+            "`{pointer}` is not a JSON pointer (it must start with `/`, like /email/to)"
+        ));
+    }
+    let bytes = json.as_bytes();
+    let start = skip_space(bytes, 0);
+    let mut span = Span {
+        value: start..skip_value(bytes, start)?,
+        member: start..start,
+    };
+    if pointer.is_empty() {
+        return Ok(Some(span));
+    }
+    for token in pointer[1..].split('/') {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        let found = match bytes.get(span.value.start) {
+            Some(b'{') => member_of_object(json, span.value.start, &token)?,
+            Some(b'[') => match token.parse::<usize>() {
+                // `01` is not an index in RFC 6901; `-` (past the end) names nothing to read.
+                Ok(index) if token == index.to_string() => {
+                    element_of_array(bytes, span.value.start, index)?
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match found {
+            Some(found) => span = found,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(span))
+}
+
+/// The member `key` of the object opening at `open`.
+fn member_of_object(json: &str, open: usize, key: &str) -> Result<Option<Span>, String> {
+    let bytes = json.as_bytes();
+    let mut at = skip_space(bytes, open + 1);
+    if bytes.get(at) == Some(&b'}') {
+        return Ok(None);
+    }
+    // Where the comma before this member begins: removing a member after the first takes
+    // that comma with it.
+    let mut previous_end = None;
+    loop {
+        let key_start = at;
+        if bytes.get(key_start) != Some(&b'"') {
+            return Err(not_json(key_start, "an object key"));
+        }
+        let key_end = skip_string(bytes, key_start)?;
+        at = skip_space(bytes, key_end);
+        if bytes.get(at) != Some(&b':') {
+            return Err(not_json(at, "`:` after an object key"));
+        }
+        let value_start = skip_space(bytes, at + 1);
+        let value_end = skip_value(bytes, value_start)?;
+        at = skip_space(bytes, value_end);
+        let next = match bytes.get(at) {
+            Some(b',') => Some(skip_space(bytes, at + 1)),
+            Some(b'}') => None,
+            _ => return Err(not_json(at, "`,` or `}` in an object")),
+        };
+        if key_matches(json, key_start..key_end, key)? {
+            let member = match (previous_end, next) {
+                (Some(previous_end), _) => previous_end..value_end,
+                (None, Some(next)) => key_start..next,
+                (None, None) => key_start..value_end,
+            };
+            return Ok(Some(Span {
+                value: value_start..value_end,
+                member,
+            }));
+        }
+        match next {
+            Some(next) => {
+                previous_end = Some(value_end);
+                at = next;
+            }
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Element `index` of the array opening at `open`.
+fn element_of_array(bytes: &[u8], open: usize, index: usize) -> Result<Option<Span>, String> {
+    let mut at = skip_space(bytes, open + 1);
+    if bytes.get(at) == Some(&b']') {
+        return Ok(None);
+    }
+    let mut previous_end = None;
+    for i in 0.. {
+        let value_start = at;
+        let value_end = skip_value(bytes, value_start)?;
+        at = skip_space(bytes, value_end);
+        let next = match bytes.get(at) {
+            Some(b',') => Some(skip_space(bytes, at + 1)),
+            Some(b']') => None,
+            _ => return Err(not_json(at, "`,` or `]` in an array")),
+        };
+        if i == index {
+            let member = match (previous_end, next) {
+                (Some(previous_end), _) => previous_end..value_end,
+                (None, Some(next)) => value_start..next,
+                (None, None) => value_start..value_end,
+            };
+            return Ok(Some(Span {
+                value: value_start..value_end,
+                member,
+            }));
+        }
+        match next {
+            Some(next) => {
+                previous_end = Some(value_end);
+                at = next;
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the quoted key at `quoted` is `key`; escapes are decoded only where there are any.
+fn key_matches(json: &str, quoted: Range<usize>, key: &str) -> Result<bool, String> {
+    let inner = &json[quoted.start + 1..quoted.end - 1];
+    if !inner.contains('\\') {
+        return Ok(inner == key);
+    }
+    let decoded: String = serde_json::from_str(&json[quoted.clone()])
+        .map_err(|err| not_json(quoted.start, &format!("a valid key ({err})")))?;
+    Ok(decoded == key)
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+/// The end (exclusive) of the string whose opening quote is at `at`.
+fn skip_string(bytes: &[u8], at: usize) -> Result<usize, String> {
+    let mut i = at + 1;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => return Ok(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    Err(not_json(at, "the end of a string"))
+}
+
+/// The end (exclusive) of the value starting at `at`.
+fn skip_value(bytes: &[u8], at: usize) -> Result<usize, String> {
+    match bytes.get(at) {
+        Some(b'"') => skip_string(bytes, at),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            let mut i = at;
+            while let Some(&b) = bytes.get(i) {
+                match b {
+                    b'"' => {
+                        i = skip_string(bytes, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            Err(not_json(at, "the end of an object or array"))
+        }
+        Some(_) => {
+            // A number, `true`, `false` or `null`: up to the next delimiter.
+            let end = bytes[at..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .map_or(bytes.len(), |n| at + n);
+            if end == at {
+                Err(not_json(at, "a value"))
+            } else {
+                Ok(end)
+            }
+        }
+        None => Err(not_json(at, "a value")),
+    }
+}
+
+fn not_json(at: usize, expected: &str) -> String {
+    format!("the payload is not JSON: expected {expected} at byte {at}")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Every pointer of a document, the root's `""` included.
+    fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+        out.push(at.clone());
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let token = key.replace('~', "~0").replace('/', "~1");
+                    pointers(child, format!("{at}/{token}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    pointers(child, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn documents() -> Vec<String> {
+        let doc = json!({
+            "event_id": "e1", "type": "open", "n": -1.5e3, "ok": true, "none": null,
+            "email": {"to": ["x@a.example", "y@b.example"], "from": "a \"b\" \\ c",
+                      "tags": [], "empty": {}},
+            "a/b": {"m~n": [1, [2, {"deep": "}]"}], 3]},
+            "": "empty key",
+            "esc\u{e9}\n": 7,
+        });
+        vec![
+            doc.to_string(),
+            serde_json::to_string_pretty(&doc).unwrap(),
+            // Escapes in keys, whitespace everywhere.
+            " { \"k\\u0065y\" : [ 1 , 2 ] , \"z\" : { } } ".to_owned(),
+            "[{\"a\":1}, [ ], \"s\", 0]".to_owned(),
+        ]
+    }
+
+    #[test]
+    fn each_pointer_finds_the_value_serde_json_finds() {
+        for text in documents() {
+            let doc: Value = serde_json::from_str(&text).unwrap();
+            let mut all = Vec::new();
+            pointers(&doc, String::new(), &mut all);
+            for pointer in &all {
+                let span = locate(&text, pointer).unwrap().expect(pointer);
+                let found: Value = serde_json::from_str(&text[span.value.clone()]).unwrap();
+                assert_eq!(Some(&found), doc.pointer(pointer), "{pointer} in {text}");
+
+                // Replacing the value's text is `pointer_mut` assignment.
+                let mut replaced = text.clone();
+                replaced.replace_range(span.value.clone(), "\"X\"");
+                let mut expected = doc.clone();
+                *expected.pointer_mut(pointer).unwrap() = json!("X");
+                assert_eq!(serde_json::from_str::<Value>(&replaced).unwrap(), expected);
+
+                if pointer.is_empty() {
+                    continue;
+                }
+                // Removing the member's text is removing the key or element.
+                let mut removed = text.clone();
+                removed.replace_range(span.member.clone(), "");
+                let (parent, key) = pointer.rsplit_once('/').unwrap();
+                let key = key.replace("~1", "/").replace("~0", "~");
+                let mut expected = doc.clone();
+                match expected.pointer_mut(parent).unwrap() {
+                    Value::Object(map) => {
+                        map.shift_remove(&key);
+                    }
+                    Value::Array(items) => {
+                        items.remove(key.parse().unwrap());
+                    }
+                    _ => unreachable!(),
+                }
+                let removed: Value = serde_json::from_str(&removed)
+                    .unwrap_or_else(|err| panic!("{pointer}: {err} in {removed}"));
+                assert_eq!(removed, expected, "{pointer} in {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn absent_values_and_bad_input() {
+        let text = r#"{"a": {"b": [1, 2]}, "s": "t"}"#;
+        for pointer in [
+            "/x", "/a/x", "/a/b/2", "/a/b/-", "/a/b/01", "/s/0", "/a/b/0/c",
+        ] {
+            assert_eq!(locate(text, pointer).unwrap(), None, "{pointer}");
+        }
+        assert!(
+            locate(text, "a/b")
+                .unwrap_err()
+                .contains("not a JSON pointer")
+        );
+        for broken in [
+            r#"{"a": "#,
+            r#"{"a" 1}"#,
+            r#"{"a": "x"#,
+            r#"{"a": [1 2]}"#,
+            "",
+        ] {
+            let err = locate(broken, "/a/0").unwrap_err();
+            assert!(
+                err.starts_with("the payload is not JSON"),
+                "{broken}: {err}"
+            );
+        }
+    }
+}
