@@ -322,28 +322,7 @@ pub fn __not_a(kind: &str) -> String {
 #[macro_export]
 macro_rules! export_transform {
     ($transform:path) => {
-        #[doc(hidden)]
-        struct __MailhookPlugin;
-
-        impl $crate::bindings::Guest for __MailhookPlugin {
-            fn transform(
-                event: $crate::bindings::mailhook::plugin::types::Event,
-            ) -> ::core::result::Result<$crate::bindings::mailhook::plugin::types::Transformed, ::std::string::String>
-            {
-                $crate::__run_transform(event, $transform)
-            }
-
-            fn deliver(
-                _event: $crate::bindings::mailhook::plugin::types::Event,
-            ) -> ::core::result::Result<
-                ::std::vec::Vec<$crate::bindings::mailhook::plugin::types::Effect>,
-                ::std::string::String,
-            > {
-                ::core::result::Result::Err($crate::__not_a("sink"))
-            }
-        }
-
-        $crate::bindings::__export_plugin!(__MailhookPlugin with_types_in $crate::bindings);
+        $crate::__export_transform_with!($transform, $crate::__run_transform);
     };
 }
 
@@ -352,6 +331,14 @@ macro_rules! export_transform {
 #[macro_export]
 macro_rules! export_raw_transform {
     ($transform:path) => {
+        $crate::__export_transform_with!($transform, $crate::__run_raw_transform);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_transform_with {
+    ($transform:path, $run:path) => {
         #[doc(hidden)]
         struct __MailhookPlugin;
 
@@ -360,7 +347,7 @@ macro_rules! export_raw_transform {
                 event: $crate::bindings::mailhook::plugin::types::Event,
             ) -> ::core::result::Result<$crate::bindings::mailhook::plugin::types::Transformed, ::std::string::String>
             {
-                $crate::__run_raw_transform(event, $transform)
+                $run(event, $transform)
             }
 
             fn deliver(

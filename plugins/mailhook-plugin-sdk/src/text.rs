@@ -31,119 +31,116 @@ pub fn locate(json: &str, pointer: &str) -> Result<Option<Span>, String> {
     }
     let bytes = json.as_bytes();
     let start = skip_space(bytes, 0);
-    let mut span = Span {
-        value: start..skip_value(bytes, start)?,
-        member: start..start,
-    };
-    if pointer.is_empty() {
-        return Ok(Some(span));
+    if pointer.is_empty() || start == bytes.len() {
+        let end = skip_value(bytes, start)?;
+        return Ok(Some(Span {
+            value: start..end,
+            member: start..start,
+        }));
     }
+    // Only the containers on the way down are walked, not the whole document first.
+    let mut open = start;
+    let mut found = None;
     for token in pointer[1..].split('/') {
         let token = token.replace("~1", "/").replace("~0", "~");
-        let found = match bytes.get(span.value.start) {
-            Some(b'{') => member_of_object(json, span.value.start, &token)?,
+        let entry = match bytes.get(open) {
+            Some(b'{') => find_entry(json, open, |_, key| {
+                key.map_or(Ok(false), |key| key_matches(json, key, &token))
+            })?,
             Some(b'[') => match token.parse::<usize>() {
                 // `01` is not an index in RFC 6901; `-` (past the end) names nothing to read.
-                Ok(index) if token == index.to_string() => {
-                    element_of_array(bytes, span.value.start, index)?
+                Ok(wanted) if token == wanted.to_string() => {
+                    find_entry(json, open, |index, _| Ok(index == wanted))?
                 }
                 _ => None,
             },
             _ => None,
         };
-        match found {
-            Some(found) => span = found,
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(span))
-}
-
-/// The member `key` of the object opening at `open`.
-fn member_of_object(json: &str, open: usize, key: &str) -> Result<Option<Span>, String> {
-    let bytes = json.as_bytes();
-    let mut at = skip_space(bytes, open + 1);
-    if bytes.get(at) == Some(&b'}') {
-        return Ok(None);
-    }
-    // Where the comma before this member begins: removing a member after the first takes
-    // that comma with it.
-    let mut previous_end = None;
-    loop {
-        let key_start = at;
-        if bytes.get(key_start) != Some(&b'"') {
-            return Err(not_json(key_start, "an object key"));
-        }
-        let key_end = skip_string(bytes, key_start)?;
-        at = skip_space(bytes, key_end);
-        if bytes.get(at) != Some(&b':') {
-            return Err(not_json(at, "`:` after an object key"));
-        }
-        let value_start = skip_space(bytes, at + 1);
-        let value_end = skip_value(bytes, value_start)?;
-        at = skip_space(bytes, value_end);
-        let next = match bytes.get(at) {
-            Some(b',') => Some(skip_space(bytes, at + 1)),
-            Some(b'}') => None,
-            _ => return Err(not_json(at, "`,` or `}` in an object")),
-        };
-        if key_matches(json, key_start..key_end, key)? {
-            let member = match (previous_end, next) {
-                (Some(previous_end), _) => previous_end..value_end,
-                (None, Some(next)) => key_start..next,
-                (None, None) => key_start..value_end,
-            };
-            return Ok(Some(Span {
-                value: value_start..value_end,
-                member,
-            }));
-        }
-        match next {
-            Some(next) => {
-                previous_end = Some(value_end);
-                at = next;
+        match entry {
+            Some(entry) => {
+                open = entry.value.start;
+                found = Some(entry);
             }
             None => return Ok(None),
         }
     }
+    Ok(found)
 }
 
-/// Element `index` of the array opening at `open`.
-fn element_of_array(bytes: &[u8], open: usize, index: usize) -> Result<Option<Span>, String> {
+/// Walks the entries of the object or array opening at `open` and returns the span of the
+/// first one `wanted` accepts. `wanted` is given the entry's index and, in an object, the
+/// range of its quoted key.
+fn find_entry(
+    json: &str,
+    open: usize,
+    mut wanted: impl FnMut(usize, Option<Range<usize>>) -> Result<bool, String>,
+) -> Result<Option<Span>, String> {
+    let bytes = json.as_bytes();
+    let close = if bytes[open] == b'{' { b'}' } else { b']' };
     let mut at = skip_space(bytes, open + 1);
-    if bytes.get(at) == Some(&b']') {
+    if bytes.get(at) == Some(&close) {
         return Ok(None);
     }
+    // Where the comma before this entry begins: removing an entry after the first takes
+    // that comma with it.
     let mut previous_end = None;
-    for i in 0.. {
-        let value_start = at;
-        let value_end = skip_value(bytes, value_start)?;
-        at = skip_space(bytes, value_end);
-        let next = match bytes.get(at) {
-            Some(b',') => Some(skip_space(bytes, at + 1)),
-            Some(b']') => None,
-            _ => return Err(not_json(at, "`,` or `]` in an array")),
+    for index in 0.. {
+        let start = at;
+        let key = if close == b'}' {
+            if bytes.get(at) != Some(&b'"') {
+                return Err(not_json(at, "an object key"));
+            }
+            let key_end = skip_string(bytes, at)?;
+            at = skip_space(bytes, key_end);
+            if bytes.get(at) != Some(&b':') {
+                return Err(not_json(at, "`:` after an object key"));
+            }
+            at = skip_space(bytes, at + 1);
+            Some(start..key_end)
+        } else {
+            None
         };
-        if i == index {
-            let member = match (previous_end, next) {
-                (Some(previous_end), _) => previous_end..value_end,
-                (None, Some(next)) => value_start..next,
-                (None, None) => value_start..value_end,
-            };
-            return Ok(Some(Span {
-                value: value_start..value_end,
-                member,
-            }));
+        let value = at..skip_value(bytes, at)?;
+        let next = next_entry(bytes, value.end, close)?;
+        if wanted(index, key)? {
+            return Ok(Some(entry(start, value, previous_end, next)));
         }
         match next {
             Some(next) => {
-                previous_end = Some(value_end);
+                previous_end = Some(value.end);
                 at = next;
             }
             None => return Ok(None),
         }
     }
     Ok(None)
+}
+
+/// After an entry's value ending at `value_end`: where the next entry of the object or array
+/// starts, or `None` at its `close`.
+fn next_entry(bytes: &[u8], value_end: usize, close: u8) -> Result<Option<usize>, String> {
+    let at = skip_space(bytes, value_end);
+    match bytes.get(at) {
+        Some(b',') => Ok(Some(skip_space(bytes, at + 1))),
+        Some(&b) if b == close => Ok(None),
+        _ => Err(not_json(at, &format!("`,` or `{}`", close as char))),
+    }
+}
+
+/// The span of an entry (a member from its key, or an element) starting at `start`. Its
+/// removable range takes the comma before it, or for the first entry the comma after it.
+fn entry(
+    start: usize,
+    value: Range<usize>,
+    previous_end: Option<usize>,
+    next: Option<usize>,
+) -> Span {
+    let member = match (previous_end, next) {
+        (Some(previous_end), _) => previous_end..value.end,
+        (None, Some(next)) => start..next,
+        (None, None) => start..value.end,
+    };
+    Span { value, member }
 }
 
 /// Whether the quoted key at `quoted` is `key`; escapes are decoded only where there are any.
