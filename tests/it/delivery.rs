@@ -89,6 +89,21 @@ async fn a_subscribed_event_reaches_the_primary_signed_as_the_contract_says() {
     assert_eq!(attempt_log(&event), vec![("primary".to_owned(), Some(200))]);
 }
 
+/// `delivery.idle_connections_per_address_max = 0` keeps no connection open between
+/// pushes: each one connects anew, and each is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_idle_connections_kept_each_push_opens_its_own() {
+    let gw = TestGateway::start(|c| c.delivery.idle_connections_per_address_max = 0).await;
+    let receiver = Receiver::start().await;
+    configure(&gw.api, "acme", &[&receiver], &["open"]).await;
+    for n in 1..=3 {
+        let event = json!({"type": "open", "msg_id": format!("m{n}"), "account": "acme", "event_id": format!("e{n}")});
+        post(&gw.api, event).await;
+        receiver.wait_for(n, Duration::from_secs(10)).await;
+    }
+    assert_eq!(receiver.connections(), 3, "three pushes, three connections");
+}
+
 /// Pushes to a plain `http` receiver go over kept-alive connections: one after another,
 /// they share one. A connection the receiver closes (`connection: close`) is not used again,
 /// and the next push opens a new one instead of failing.

@@ -30,9 +30,6 @@ const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 const MAILHOOK_ATTEMPT: &str = "mailhook-attempt";
 const MAILHOOK_ADDRESS: &str = "mailhook-address";
-/// Idle keep-alive connections kept per receiver host, and for how long.
-const IDLE_PER_HOST_MAX: usize = 256;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The headers of one attempt, besides content type and user agent.
 #[derive(Debug, Clone)]
@@ -76,6 +73,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     pub attempt_timeout: Duration,
     pub response_bytes_max: usize,
+    /// Idle keep-alive connections kept per receiver, and for how long.
+    pub idle_per_address_max: usize,
+    pub idle_timeout: Duration,
     pub resolver: GuardedResolver,
     /// Roots and client certificate for `https` addresses (see `tls::client_config`).
     pub tls: Arc<rustls::ClientConfig>,
@@ -99,6 +99,8 @@ impl HttpClient {
             connect_timeout,
             attempt_timeout,
             response_bytes_max,
+            idle_per_address_max,
+            idle_timeout,
             resolver,
             tls,
         } = options;
@@ -109,8 +111,8 @@ impl HttpClient {
         connector.enforce_http(false);
         let http1 = Arc::new(Http1Pool::new(
             connector.clone(),
-            IDLE_PER_HOST_MAX,
-            IDLE_TIMEOUT,
+            idle_per_address_max,
+            idle_timeout,
         ));
         // ALPN offers h2 and http/1.1: the receiver picks, and a plain `http` address stays
         // HTTP/1.1 (no h2c), as before.
@@ -122,8 +124,8 @@ impl HttpClient {
             .wrap_connector(connector);
         let connector = KeepTlsErrors(connector);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(IDLE_PER_HOST_MAX)
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(idle_per_address_max)
             .build(connector);
         HttpClient {
             client,

@@ -55,6 +55,13 @@ pub struct DeliveryConfig {
     pub settings_ttl: Duration,
     /// Bytes of a receiver's response body read (to keep the connection); more drops it.
     pub response_bytes_max: usize,
+    /// Keep-alive connections kept open per receiver (scheme, host and port) between
+    /// pushes; a connection past this is closed once its answer is read. 0 closes each
+    /// connection after its push.
+    pub idle_connections_per_address_max: usize,
+    /// How long a keep-alive connection may sit unused before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_connection_timeout: Duration,
     /// Longest a "Simulate Send Test" request waits for its push's outcome before answering
     /// with what happened so far (`timed_out: true`). At most 60 s (the contract).
     #[serde(with = "humantime_serde")]
@@ -85,6 +92,8 @@ impl Default for DeliveryConfig {
             idle_poll: Duration::from_secs(1),
             settings_ttl: Duration::from_secs(1),
             response_bytes_max: 64 * 1024,
+            idle_connections_per_address_max: 256,
+            idle_connection_timeout: Duration::from_secs(60),
             test_timeout: TEST_TIMEOUT_MAX,
         }
     }
@@ -151,6 +160,12 @@ impl DeliveryConfig {
             (
                 self.idle_poll.is_zero(),
                 "delivery.idle_poll must be above 0".to_owned(),
+            ),
+            (
+                self.idle_connection_timeout.is_zero(),
+                "delivery.idle_connection_timeout must be above 0 (to keep no connections \
+                 open, set delivery.idle_connections_per_address_max = 0)"
+                    .to_owned(),
             ),
             (
                 self.test_timeout.is_zero() || self.test_timeout > TEST_TIMEOUT_MAX,
@@ -225,5 +240,15 @@ mod tests {
             ..DeliveryConfig::default()
         };
         short.validate().unwrap();
+        let never_idle = DeliveryConfig {
+            idle_connection_timeout: Duration::ZERO,
+            ..DeliveryConfig::default()
+        };
+        assert!(
+            never_idle
+                .validate()
+                .unwrap_err()
+                .contains("delivery.idle_connection_timeout")
+        );
     }
 }

@@ -110,6 +110,8 @@ impl Dispatcher {
             connect_timeout: config.connect_timeout,
             attempt_timeout: config.attempt_timeout,
             response_bytes_max: config.response_bytes_max,
+            idle_per_address_max: config.idle_connections_per_address_max,
+            idle_timeout: config.idle_connection_timeout,
             resolver,
             tls,
         });
