@@ -154,6 +154,31 @@ async fn redact_recipient_masks_recipients_and_ips_before_signing() {
         body["status"]["ip"], "198.51.100.77",
         "only the fields named are touched"
     );
+
+    // A recipient given twice (intake keeps `email` as it came): masking one of the two
+    // would leave the other for a receiver whose parser takes it, so the call fails and,
+    // fail_closed, nothing is pushed.
+    let raw = r#"{"type": "open", "msg_id": "r3", "email": {"to": "ana@example.com", "to": "bob@example.com"}}"#;
+    let answer = gw
+        .api
+        .send(
+            Method::POST,
+            "/v1/events",
+            Some(&gw.api.intake_token.clone()),
+            Some("application/json"),
+            raw,
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let event = wait_state(&gw.api, "default", "r3", "dead").await;
+    let error = event["last_error"].as_str().unwrap();
+    assert!(error.contains("twice"), "{error}");
+    assert_eq!(receiver.count(), 1, "nothing unredacted was pushed");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -21,8 +21,8 @@ pub struct Span {
 
 /// The span of the value `pointer` (RFC 6901, like `/email/to` or `/tags/0`) names in the
 /// JSON text `json`, or `None` when there is no such value. An error when the text is not
-/// JSON along the way (the rest of the document is not checked) or the pointer is not a
-/// pointer.
+/// JSON along the way (the rest of the document is not checked), when an object on the way
+/// has the key twice, or when the pointer is not a pointer.
 pub fn locate(json: &str, pointer: &str) -> Result<Option<Span>, String> {
     if !pointer.is_empty() && !pointer.starts_with('/') {
         return Err(format!(
@@ -84,6 +84,7 @@ fn find_entry(
     // Where the comma before this entry begins: removing an entry after the first takes
     // that comma with it.
     let mut previous_end = None;
+    let mut found = None;
     for index in 0.. {
         let start = at;
         let key = if close == b'}' {
@@ -102,18 +103,31 @@ fn find_entry(
         };
         let value = at..skip_value(bytes, at)?;
         let next = next_entry(bytes, value.end, close)?;
-        if wanted(index, key)? {
-            return Ok(Some(entry(start, value, previous_end, next)));
+        if wanted(index, key.clone())? {
+            let Some(key) = key else {
+                return Ok(Some(entry(start, value, previous_end, next)));
+            };
+            // An object is read to its end: a key given twice is refused, because which of
+            // the two a receiver's parser takes is not defined (RFC 8259), so an edit of one
+            // (a redaction) could leave the other in place.
+            if found.is_some() {
+                return Err(format!(
+                    "the payload has the key {} twice in one object; which one a receiver \
+                     reads is not defined, so it is not edited",
+                    &json[key]
+                ));
+            }
+            found = Some(entry(start, value.clone(), previous_end, next));
         }
         match next {
             Some(next) => {
                 previous_end = Some(value.end);
                 at = next;
             }
-            None => return Ok(None),
+            None => return Ok(found),
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// After an entry's value ending at `value_end`: where the next entry of the object or array
@@ -318,6 +332,19 @@ mod tests {
             locate(text, "a/b")
                 .unwrap_err()
                 .contains("not a JSON pointer")
+        );
+        // A repeated key on the way is refused, wherever the repeat is.
+        for twice in [
+            r#"{"e": {"to": "a@x", "to": "b@y"}}"#,
+            r#"{"e": {"to": "a@x"}, "e": {"to": "b@y"}}"#,
+        ] {
+            let err = locate(twice, "/e/to").unwrap_err();
+            assert!(err.contains("twice"), "{twice}: {err}");
+        }
+        assert!(
+            locate(r#"{"e": 1, "to": 2, "e": 3}"#, "/to")
+                .unwrap()
+                .is_some()
         );
         for broken in [
             r#"{"a": "#,

@@ -192,6 +192,13 @@ mod tests {
         assert!(transform(RawEvent::from_payload(&open())).is_err());
         testing::set_config(json!({"mode": "scramble", "fields": []}));
         assert!(transform(RawEvent::from_payload(&open())).is_err());
+        // A recipient given twice: masking one would leave the other for a receiver whose
+        // parser takes it, so the call fails (and, fail_closed, nothing is pushed).
+        testing::set_config(json!({}));
+        let mut twice = RawEvent::from_payload(&open());
+        twice.payload =
+            r#"{"email": {"to": "ana@example.com", "to": "bob@example.com"}}"#.to_owned();
+        assert!(transform(twice).unwrap_err().contains("twice"));
         testing::set_config(json!({"fields": ["email.to"]}));
         assert!(transform(RawEvent::from_payload(&open())).is_err());
     }
