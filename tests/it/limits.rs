@@ -171,16 +171,7 @@ async fn mangled_bodies_and_paths_never_get_a_5xx() {
             }
             _ => body = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
         }
-        let answer = gw
-            .api
-            .send(
-                Method::POST,
-                "/v1/events",
-                Some(&gw.api.intake_token.clone()),
-                Some("application/json"),
-                body.clone(),
-            )
-            .await;
+        let answer = gw.api.post_events_raw(body.clone()).await;
         assert!(
             answer.status.is_success() || answer.status.is_client_error(),
             "round {round}: {} for {:?}: {}",

@@ -159,16 +159,7 @@ async fn redact_recipient_masks_recipients_and_ips_before_signing() {
     // would leave the other for a receiver whose parser takes it, so the call fails and,
     // fail_closed, nothing is pushed.
     let raw = r#"{"type": "open", "msg_id": "r3", "email": {"to": "ana@example.com", "to": "bob@example.com"}}"#;
-    let answer = gw
-        .api
-        .send(
-            Method::POST,
-            "/v1/events",
-            Some(&gw.api.intake_token.clone()),
-            Some("application/json"),
-            raw,
-        )
-        .await;
+    let answer = gw.api.post_events_raw(raw).await;
     assert_eq!(
         answer.status,
         202,

@@ -173,12 +173,17 @@ impl ApiClient {
     }
 
     pub async fn post_events(&self, body: &Value) -> Answer {
+        self.post_events_raw(body.to_string()).await
+    }
+
+    /// Posts a body as it is: what a `Value` cannot hold (a key given twice, broken JSON).
+    pub async fn post_events_raw(&self, body: impl Into<Bytes>) -> Answer {
         self.send(
             Method::POST,
             "/v1/events",
             Some(&self.intake_token.clone()),
             Some("application/json"),
-            body.to_string(),
+            body,
         )
         .await
     }
