@@ -240,16 +240,43 @@ fn level_to_wit_effect(level: Level) -> wit::LogLevel {
     }
 }
 
-fn event_from_wit(event: wit::Event) -> Result<Event, String> {
-    let payload = serde_json::from_str(&event.payload)
-        .map_err(|err| format!("the payload is not JSON: {err}"))?;
-    Ok(Event {
+fn raw_event_from_wit(event: wit::Event) -> RawEvent {
+    RawEvent {
         account: event.account,
         event_type: event.event_type,
         event_id: event.event_id,
         msg_id: event.msg_id,
+        payload: event.payload,
+    }
+}
+
+fn event_from_wit(event: wit::Event) -> Result<Event, String> {
+    let raw = raw_event_from_wit(event);
+    let payload = serde_json::from_str(&raw.payload)
+        .map_err(|err| format!("the payload is not JSON: {err}"))?;
+    Ok(Event {
+        account: raw.account,
+        event_type: raw.event_type,
+        event_id: raw.event_id,
+        msg_id: raw.msg_id,
         payload,
     })
+}
+
+impl From<Outcome> for RawOutcome {
+    fn from(outcome: Outcome) -> RawOutcome {
+        match outcome {
+            Outcome::Payload(payload) => RawOutcome::Payload(payload.to_string()),
+            Outcome::Drop(reason) => RawOutcome::Drop(reason),
+        }
+    }
+}
+
+fn transformed_to_wit(outcome: RawOutcome) -> wit::Transformed {
+    match outcome {
+        RawOutcome::Payload(payload) => wit::Transformed::Payload(payload),
+        RawOutcome::Drop(reason) => wit::Transformed::Drop(reason),
+    }
 }
 
 /// Panics abort the call (the host sees a trap); this makes the panic's message reach
@@ -267,10 +294,8 @@ pub fn __run_transform(
     transform: fn(Event) -> Result<Outcome, String>,
 ) -> Result<wit::Transformed, String> {
     report_panics();
-    match transform(event_from_wit(event)?)? {
-        Outcome::Payload(payload) => Ok(wit::Transformed::Payload(payload.to_string())),
-        Outcome::Drop(reason) => Ok(wit::Transformed::Drop(reason)),
-    }
+    let outcome = transform(event_from_wit(event)?)?;
+    Ok(transformed_to_wit(outcome.into()))
 }
 
 #[doc(hidden)]
@@ -279,17 +304,7 @@ pub fn __run_raw_transform(
     transform: fn(RawEvent) -> Result<RawOutcome, String>,
 ) -> Result<wit::Transformed, String> {
     report_panics();
-    let event = RawEvent {
-        account: event.account,
-        event_type: event.event_type,
-        event_id: event.event_id,
-        msg_id: event.msg_id,
-        payload: event.payload,
-    };
-    match transform(event)? {
-        RawOutcome::Payload(payload) => Ok(wit::Transformed::Payload(payload)),
-        RawOutcome::Drop(reason) => Ok(wit::Transformed::Drop(reason)),
-    }
+    Ok(transformed_to_wit(transform(raw_event_from_wit(event))?))
 }
 
 #[doc(hidden)]
