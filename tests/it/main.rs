@@ -11,6 +11,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod plugins;
+mod readme;
 mod retention;
 mod security;
 mod settings;
