@@ -11,7 +11,9 @@
 //! that keeps the TLS error a connection died of. With TLS 1.3 a server judges the client's
 //! certificate only after the handshake, so its refusal arrives as an alert on the first read;
 //! hyper then often reports the request as just "connection closed", and the wrapper is how
-//! the attempt still says why.
+//! the attempt still says why. When the alert and the close arrive before the client's first
+//! write, the write fails with "broken pipe" or "reset" and hyper never reads; the wrapper then
+//! reads once itself, so the alert sitting unread in the socket still names the cause.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use http::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 use rustls_pki_types::pem::{self, PemObject};
@@ -221,12 +223,19 @@ impl TlsErrorSlot {
         self.0.get().map(String::as_str)
     }
 
-    fn record<T>(&self, result: &io::Result<T>) {
-        if let Err(err) = result
-            && let Some(tls) = tls_cause(err)
-        {
-            // Only the first: later errors on a dead connection say less.
-            let _ = self.0.set(describe_tls_error(tls));
+    /// Keeps the TLS error of `result`, if it is one; true when `result` is an error that is
+    /// not TLS.
+    fn record<T>(&self, result: &io::Result<T>) -> bool {
+        match result {
+            Err(err) => match tls_cause(err) {
+                Some(tls) => {
+                    // Only the first: later errors on a dead connection say less.
+                    let _ = self.0.set(describe_tls_error(tls));
+                    false
+                }
+                None => true,
+            },
+            Ok(_) => false,
         }
     }
 }
@@ -270,6 +279,33 @@ pub(crate) struct TlsErrorKeeping<S> {
     slot: TlsErrorSlot,
 }
 
+impl<S: Read + Unpin> TlsErrorKeeping<S> {
+    /// After a write failed for a reason that is not TLS, reads once for the alert that may be
+    /// waiting in the socket: in TLS 1.3 a receiver judges the client certificate after the
+    /// handshake, and its refusal and close can beat the client's first write, which then
+    /// fails with "broken pipe" while the alert saying why is still unread. The kernel keeps
+    /// received data readable after a reset, so the read finds it. Anything else read is
+    /// dropped: the connection is dead either way.
+    fn read_pending_alert(&mut self, cx: &mut Context<'_>) {
+        if self.slot.get().is_some() {
+            return;
+        }
+        let mut scratch = [0u8; 512];
+        let mut buf = ReadBuf::new(&mut scratch);
+        if let Poll::Ready(result) = Pin::new(&mut self.inner).poll_read(cx, buf.unfilled()) {
+            self.slot.record(&result);
+        }
+    }
+
+    fn after_write<T>(&mut self, cx: &mut Context<'_>, polled: &Poll<io::Result<T>>) {
+        if let Poll::Ready(result) = polled
+            && self.slot.record(result)
+        {
+            self.read_pending_alert(cx);
+        }
+    }
+}
+
 impl<S: Connection> Connection for TlsErrorKeeping<S> {
     fn connected(&self) -> Connected {
         self.inner.connected().extra(self.slot.clone())
@@ -290,24 +326,20 @@ impl<S: Read + Unpin> Read for TlsErrorKeeping<S> {
     }
 }
 
-impl<S: Write + Unpin> Write for TlsErrorKeeping<S> {
+impl<S: Read + Write + Unpin> Write for TlsErrorKeeping<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(result) = &polled {
-            self.slot.record(result);
-        }
+        self.after_write(cx, &polled);
         polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        if let Poll::Ready(result) = &polled {
-            self.slot.record(result);
-        }
+        self.after_write(cx, &polled);
         polled
     }
 
@@ -325,9 +357,7 @@ impl<S: Write + Unpin> Write for TlsErrorKeeping<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(result) = &polled {
-            self.slot.record(result);
-        }
+        self.after_write(cx, &polled);
         polled
     }
 }
@@ -410,6 +440,91 @@ mod tests {
             "TLS error: received fatal alert: HandshakeFailure"
         );
         assert!(tls_cause(&io::Error::other("connection reset")).is_none());
+    }
+
+    /// A dead connection: every write fails with `write_error`; a read gives `pending`.
+    struct DeadStream {
+        write_error: io::ErrorKind,
+        pending: Option<rustls::Error>,
+        reads: usize,
+    }
+
+    impl Read for DeadStream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: ReadBufCursor<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads += 1;
+            match self.pending.clone() {
+                Some(tls) => Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, tls))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl Write for DeadStream {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(self.write_error.into()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(self.write_error.into()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn failed_write(stream: DeadStream) -> (TlsErrorSlot, usize) {
+        let slot = TlsErrorSlot::default();
+        let mut keeping = TlsErrorKeeping {
+            inner: stream,
+            slot: slot.clone(),
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let written = Pin::new(&mut keeping).poll_write(&mut cx, b"POST / HTTP/1.1\r\n");
+        assert!(
+            matches!(written, Poll::Ready(Err(_))),
+            "the write still fails"
+        );
+        (slot, keeping.inner.reads)
+    }
+
+    #[test]
+    fn a_write_that_loses_the_race_to_the_receivers_alert_still_names_the_alert() {
+        for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::ConnectionReset] {
+            let (slot, reads) = failed_write(DeadStream {
+                write_error: kind,
+                pending: Some(rustls::Error::AlertReceived(
+                    AlertDescription::CertificateRequired,
+                )),
+                reads: 0,
+            });
+            assert_eq!(reads, 1, "{kind}");
+            let kept = slot.get().expect("the alert read after the failed write");
+            assert!(
+                kept.starts_with("TLS error: received fatal alert: CertificateRequired")
+                    && kept.contains("tls.client_cert_file"),
+                "{kept}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_write_with_nothing_to_read_keeps_no_tls_error() {
+        let (slot, reads) = failed_write(DeadStream {
+            write_error: io::ErrorKind::BrokenPipe,
+            pending: None,
+            reads: 0,
+        });
+        assert_eq!(reads, 1);
+        assert_eq!(slot.get(), None);
     }
 
     #[test]
