@@ -12,8 +12,9 @@
 //! certificate only after the handshake, so its refusal arrives as an alert on the first read;
 //! hyper then often reports the request as just "connection closed", and the wrapper is how
 //! the attempt still says why. When the alert and the close arrive before the client's first
-//! write, the write fails with "broken pipe" or "reset" and hyper never reads; the wrapper then
-//! reads once itself, so the alert sitting unread in the socket still names the cause.
+//! writes, a write fails with "broken pipe" or "reset" and hyper never reads; the wrapper then
+//! holds that write until one read of its own is ready, so the alert sitting unread in the
+//! socket still names the cause.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -223,19 +224,10 @@ impl TlsErrorSlot {
         self.0.get().map(String::as_str)
     }
 
-    /// Keeps the TLS error of `result`, if it is one; true when `result` is an error that is
-    /// not TLS.
-    fn record<T>(&self, result: &io::Result<T>) -> bool {
-        match result {
-            Err(err) => match tls_cause(err) {
-                Some(tls) => {
-                    // Only the first: later errors on a dead connection say less.
-                    let _ = self.0.set(describe_tls_error(tls));
-                    false
-                }
-                None => true,
-            },
-            Ok(_) => false,
+    fn record(&self, err: &io::Error) {
+        if let Some(tls) = tls_cause(err) {
+            // Only the first: later errors on a dead connection say less.
+            let _ = self.0.set(describe_tls_error(tls));
         }
     }
 }
@@ -268,6 +260,7 @@ where
             Ok(TlsErrorKeeping {
                 inner,
                 slot: TlsErrorSlot::default(),
+                failed_write: None,
             })
         })
     }
@@ -277,33 +270,75 @@ where
 pub(crate) struct TlsErrorKeeping<S> {
     inner: S,
     slot: TlsErrorSlot,
+    /// A write that failed and waits for the read that may find the receiver's alert.
+    failed_write: Option<io::Error>,
 }
 
 impl<S: Read + Unpin> TlsErrorKeeping<S> {
-    /// After a write failed for a reason that is not TLS, reads once for the alert that may be
-    /// waiting in the socket: in TLS 1.3 a receiver judges the client certificate after the
-    /// handshake, and its refusal and close can beat the client's first write, which then
-    /// fails with "broken pipe" while the alert saying why is still unread. The kernel keeps
-    /// received data readable after a reset, so the read finds it. Anything else read is
-    /// dropped: the connection is dead either way.
-    fn read_pending_alert(&mut self, cx: &mut Context<'_>) {
-        if self.slot.get().is_some() {
-            return;
+    /// A write's result, after a look for the receiver's alert when it failed for a reason
+    /// that is not TLS. In TLS 1.3 a receiver judges the client certificate after the
+    /// handshake, and its alert and close can beat the client's first writes, which then fail
+    /// with "broken pipe" or "reset" while the alert saying why sits unread in the socket
+    /// (the kernel keeps received data readable after a reset). So the write reads once: until
+    /// that read is ready the write is pending (a reset socket is always ready to read, so
+    /// this is about one wake-up, and the attempt's timeout bounds it in any case), and an
+    /// alert found is returned as the write's error and kept in the slot. Anything else read
+    /// is dropped: the connection is dead either way.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let err = match polled {
+            Poll::Ready(Err(err)) if self.slot.get().is_none() => err,
+            other => return other,
+        };
+        if tls_cause(&err).is_some() || !closed_by_peer(&err) {
+            self.slot.record(&err);
+            return Poll::Ready(Err(err));
         }
-        let mut scratch = [0u8; 512];
-        let mut buf = ReadBuf::new(&mut scratch);
-        if let Poll::Ready(result) = Pin::new(&mut self.inner).poll_read(cx, buf.unfilled()) {
-            self.slot.record(&result);
-        }
+        self.failed_write = Some(err);
+        self.poll_failed_write(cx).map(Err)
     }
 
-    fn after_write<T>(&mut self, cx: &mut Context<'_>, polled: &Poll<io::Result<T>>) {
-        if let Poll::Ready(result) = polled
-            && self.slot.record(result)
-        {
-            self.read_pending_alert(cx);
-        }
+    /// The error of the write that failed, once the read for a pending alert is ready: the
+    /// alert if one was read, else the write's own error.
+    fn poll_failed_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let mut scratch = [0u8; 512];
+        let mut buf = ReadBuf::new(&mut scratch);
+        let Poll::Ready(read) = Pin::new(&mut self.inner).poll_read(cx, buf.unfilled()) else {
+            return Poll::Pending;
+        };
+        let written = self
+            .failed_write
+            .take()
+            .expect("only called with a failed write kept");
+        Poll::Ready(match read.as_ref().err().and_then(|err| tls_cause(err)) {
+            Some(tls) => {
+                let alert = io::Error::new(io::ErrorKind::InvalidData, tls.clone());
+                self.slot.record(&alert);
+                alert
+            }
+            None => written,
+        })
     }
+
+    /// Resumes a write that is waiting for the read after a failure (see `after_write`).
+    fn resume_failed_write<T>(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<T>>> {
+        self.failed_write
+            .is_some()
+            .then(|| self.poll_failed_write(cx).map(Err))
+    }
+}
+
+/// A write error that says the peer closed or reset the connection.
+fn closed_by_peer(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 impl<S: Connection> Connection for TlsErrorKeeping<S> {
@@ -319,8 +354,8 @@ impl<S: Read + Unpin> Read for TlsErrorKeeping<S> {
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(result) = &polled {
-            self.slot.record(result);
+        if let Poll::Ready(Err(err)) = &polled {
+            self.slot.record(err);
         }
         polled
     }
@@ -332,15 +367,19 @@ impl<S: Read + Write + Unpin> Write for TlsErrorKeeping<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(resumed) = self.resume_failed_write(cx) {
+            return resumed;
+        }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.after_write(cx, &polled);
-        polled
+        self.after_write(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(resumed) = self.resume_failed_write(cx) {
+            return resumed;
+        }
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.after_write(cx, &polled);
-        polled
+        self.after_write(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -356,9 +395,11 @@ impl<S: Read + Write + Unpin> Write for TlsErrorKeeping<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(resumed) = self.resume_failed_write(cx) {
+            return resumed;
+        }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.after_write(cx, &polled);
-        polled
+        self.after_write(cx, polled)
     }
 }
 
@@ -442,11 +483,23 @@ mod tests {
         assert!(tls_cause(&io::Error::other("connection reset")).is_none());
     }
 
-    /// A dead connection: every write fails with `write_error`; a read gives `pending`.
+    /// A dead connection: every write fails with `write_error`; reads give `reads` in turn.
     struct DeadStream {
         write_error: io::ErrorKind,
-        pending: Option<rustls::Error>,
-        reads: usize,
+        reads: std::collections::VecDeque<Poll<io::Result<()>>>,
+        writes: usize,
+        reads_made: usize,
+    }
+
+    impl DeadStream {
+        fn new(write_error: io::ErrorKind, reads: Vec<Poll<io::Result<()>>>) -> DeadStream {
+            DeadStream {
+                write_error,
+                reads: reads.into(),
+                writes: 0,
+                reads_made: 0,
+            }
+        }
     }
 
     impl Read for DeadStream {
@@ -455,20 +508,18 @@ mod tests {
             _: &mut Context<'_>,
             _: ReadBufCursor<'_>,
         ) -> Poll<io::Result<()>> {
-            self.reads += 1;
-            match self.pending.clone() {
-                Some(tls) => Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, tls))),
-                None => Poll::Pending,
-            }
+            self.reads_made += 1;
+            self.reads.pop_front().expect("no more reads scripted")
         }
     }
 
     impl Write for DeadStream {
         fn poll_write(
-            self: Pin<&mut Self>,
+            mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
             _: &[u8],
         ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
             Poll::Ready(Err(self.write_error.into()))
         }
 
@@ -481,50 +532,74 @@ mod tests {
         }
     }
 
-    fn failed_write(stream: DeadStream) -> (TlsErrorSlot, usize) {
-        let slot = TlsErrorSlot::default();
-        let mut keeping = TlsErrorKeeping {
+    fn keeping(stream: DeadStream) -> TlsErrorKeeping<DeadStream> {
+        TlsErrorKeeping {
             inner: stream,
-            slot: slot.clone(),
-        };
+            slot: TlsErrorSlot::default(),
+            failed_write: None,
+        }
+    }
+
+    fn write(keeping: &mut TlsErrorKeeping<DeadStream>) -> Poll<io::Result<usize>> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let written = Pin::new(&mut keeping).poll_write(&mut cx, b"POST / HTTP/1.1\r\n");
-        assert!(
-            matches!(written, Poll::Ready(Err(_))),
-            "the write still fails"
-        );
-        (slot, keeping.inner.reads)
+        Pin::new(keeping).poll_write(&mut cx, b"POST / HTTP/1.1\r\n")
+    }
+
+    fn alert() -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+        )))
     }
 
     #[test]
-    fn a_write_that_loses_the_race_to_the_receivers_alert_still_names_the_alert() {
+    fn a_write_that_loses_the_race_to_the_receivers_alert_fails_with_the_alert() {
         for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::ConnectionReset] {
-            let (slot, reads) = failed_write(DeadStream {
-                write_error: kind,
-                pending: Some(rustls::Error::AlertReceived(
-                    AlertDescription::CertificateRequired,
-                )),
-                reads: 0,
-            });
-            assert_eq!(reads, 1, "{kind}");
-            let kept = slot.get().expect("the alert read after the failed write");
+            // The reset is seen before the reactor has marked the socket readable.
+            let mut stream = keeping(DeadStream::new(kind, vec![Poll::Pending, alert()]));
             assert!(
-                kept.starts_with("TLS error: received fatal alert: CertificateRequired")
-                    && kept.contains("tls.client_cert_file"),
-                "{kept}"
+                write(&mut stream).is_pending(),
+                "{kind}: waits for the read"
             );
+            let Poll::Ready(Err(err)) = write(&mut stream) else {
+                panic!("{kind}: the write fails once the read is ready");
+            };
+            assert!(
+                matches!(
+                    tls_cause(&err),
+                    Some(rustls::Error::AlertReceived(
+                        AlertDescription::CertificateRequired
+                    ))
+                ),
+                "{kind}: {err}"
+            );
+            assert_eq!(
+                (stream.inner.writes, stream.inner.reads_made),
+                (1, 2),
+                "{kind}"
+            );
+            let kept = stream.slot.get().expect("the alert is kept");
+            assert!(kept.contains("tls.client_cert_file"), "{kept}");
         }
     }
 
     #[test]
-    fn a_failed_write_with_nothing_to_read_keeps_no_tls_error() {
-        let (slot, reads) = failed_write(DeadStream {
-            write_error: io::ErrorKind::BrokenPipe,
-            pending: None,
-            reads: 0,
-        });
-        assert_eq!(reads, 1);
-        assert_eq!(slot.get(), None);
+    fn a_failed_write_with_no_alert_to_read_keeps_its_own_error() {
+        let reset = Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        let mut stream = keeping(DeadStream::new(io::ErrorKind::BrokenPipe, vec![reset]));
+        let Poll::Ready(Err(err)) = write(&mut stream) else {
+            panic!("the write fails");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(stream.slot.get(), None);
+
+        // Not a close by the peer: nothing to look for.
+        let mut stream = keeping(DeadStream::new(io::ErrorKind::TimedOut, vec![]));
+        let Poll::Ready(Err(err)) = write(&mut stream) else {
+            panic!("the write fails");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(stream.inner.reads_made, 0);
     }
 
     #[test]
