@@ -417,10 +417,7 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
         let chosen = {
             let mut breakers = lock(&inner.breakers);
             choose_address(pos.address, addresses, |i| {
-                breakers
-                    .entry(urls[i].as_str().to_owned())
-                    .or_default()
-                    .allow(&inner.breaker_policy, now)
+                breaker(&mut breakers, urls[i].as_str()).allow(&inner.breaker_policy, now)
             })
         };
         let next = match chosen {
@@ -510,6 +507,15 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
     }
 }
 
+/// The circuit breaker of `url`. Looked up by `&str` first: the URL is copied into the table
+/// once, not on every event (an allocation per event before).
+fn breaker<'a>(breakers: &'a mut HashMap<String, Breaker>, url: &str) -> &'a mut Breaker {
+    if !breakers.contains_key(url) {
+        breakers.insert(url.to_owned(), Breaker::default());
+    }
+    breakers.get_mut(url).expect("inserted above")
+}
+
 /// Counts where a dispatch left the event. Test pushes are left out: they would skew the
 /// figures operators alert on.
 fn record_outcome(metrics: &Metrics, account: &str, accepted_at_ms: i64, done: &Completion) {
@@ -586,13 +592,8 @@ async fn attempt(
         .attempt(index, attempt_label(result.kind), result.duration);
     let success = result.error.is_none();
     let transition = {
-        // Looked up by `&str` first: the URL is copied into the table only once.
         let mut breakers = lock(&inner.breakers);
-        let breaker = match breakers.get_mut(url) {
-            Some(breaker) => breaker,
-            None => breakers.entry(url.to_owned()).or_default(),
-        };
-        breaker.record(&inner.breaker_policy, success, now_ms())
+        breaker(&mut breakers, url).record(&inner.breaker_policy, success, now_ms())
     };
     match transition {
         Some(Transition::Opened) => {
@@ -642,6 +643,9 @@ async fn complete_retrying(
     store: &dyn Store,
     batch: Vec<Completion>,
 ) -> mailhook_store::Result<()> {
+    // Shared between tries: copying the batch for each one was a clone of every
+    // completion's strings and attempts on every write, the first included.
+    let batch: Arc<[Completion]> = batch.into();
     let deadline = tokio::time::Instant::now() + COMPLETE_RETRY_FOR;
     let mut pause = Duration::from_millis(50);
     loop {

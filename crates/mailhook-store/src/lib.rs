@@ -16,6 +16,7 @@ pub use error::{Error, Result};
 pub use types::*;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use mailhook_core::bus::WorkBus;
@@ -44,8 +45,9 @@ pub trait Store: Send + Sync + 'static {
     /// Writes back what the dispatcher did with claimed events: attempts made, new state and
     /// chain position, next due time. Ends their leases. A completion whose `lease_token`
     /// is not the event's latest claim (its lease ran out and the event was claimed again)
-    /// is ignored, attempts included, and logged.
-    async fn complete(&self, completions: Vec<Completion>) -> Result<()>;
+    /// is ignored, attempts included, and logged. Shared, so a caller that retries the write
+    /// keeps the batch without copying it first.
+    async fn complete(&self, completions: Arc<[Completion]>) -> Result<()>;
 
     /// Ends leases without any change (graceful shutdown): the events are due again at once.
     /// Leases that are no longer the latest claim, or already completed, are left alone.

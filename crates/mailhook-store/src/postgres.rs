@@ -17,7 +17,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -537,7 +537,7 @@ impl Store for PostgresStore {
         Ok(jobs)
     }
 
-    async fn complete(&self, completions: Vec<Completion>) -> Result<()> {
+    async fn complete(&self, completions: Arc<[Completion]>) -> Result<()> {
         if completions.is_empty() {
             return self.check_open();
         }
@@ -610,7 +610,7 @@ impl Store for PostgresStore {
         // Attempts of the completions that were written, one row per (event, number); the
         // last report of a number wins, as in the event's own columns.
         let mut attempts: HashMap<(i64, u32), &crate::AttemptRecord> = HashMap::new();
-        for c in &completions {
+        for c in completions.iter() {
             if !written.contains(&c.id) {
                 tracing::warn!(
                     id = c.id,

@@ -329,7 +329,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn complete(&self, completions: Vec<Completion>) -> Result<()> {
+    async fn complete(&self, completions: Arc<[Completion]>) -> Result<()> {
         if completions.is_empty() {
             return self.check_open();
         }

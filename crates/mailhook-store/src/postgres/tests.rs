@@ -203,29 +203,32 @@ async fn complete_writes_state_and_attempts_and_a_stale_claim_cannot_overwrite_t
         round: 0,
     };
     store
-        .complete(vec![
-            Completion {
-                pos: ChainPos {
-                    address: 1,
-                    tries: 0,
-                    round: 0,
+        .complete(
+            vec![
+                Completion {
+                    pos: ChainPos {
+                        address: 1,
+                        tries: 0,
+                        round: 0,
+                    },
+                    attempts: vec![
+                        attempt(2, Role::Backup1, Some(200), 20),
+                        attempt(1, Role::Primary, None, 10),
+                    ],
+                    delivered_to: Some(Role::Backup1),
+                    ..at_rest(lease("delivered"), EventState::Delivered, None)
                 },
-                attempts: vec![
-                    attempt(2, Role::Backup1, Some(200), 20),
-                    attempt(1, Role::Primary, None, 10),
-                ],
-                delivered_to: Some(Role::Backup1),
-                ..at_rest(lease("delivered"), EventState::Delivered, None)
-            },
-            at_rest(lease("sent"), EventState::Skipped, Some("push is disabled")),
-            Completion {
-                pos: retry_pos,
-                due_at_ms: Some(retry_at),
-                attempts: vec![attempt(1, Role::Primary, Some(500), 30)],
-                detail: Some("status 500 \0 with a NUL".to_owned()),
-                ..at_rest(lease("retrying"), EventState::Pending, None)
-            },
-        ])
+                at_rest(lease("sent"), EventState::Skipped, Some("push is disabled")),
+                Completion {
+                    pos: retry_pos,
+                    due_at_ms: Some(retry_at),
+                    attempts: vec![attempt(1, Role::Primary, Some(500), 30)],
+                    detail: Some("status 500 \0 with a NUL".to_owned()),
+                    ..at_rest(lease("retrying"), EventState::Pending, None)
+                },
+            ]
+            .into(),
+        )
         .await
         .unwrap();
     let events = store.message(&account("default"), "m").await.unwrap();
@@ -263,19 +266,25 @@ async fn complete_writes_state_and_attempts_and_a_stale_claim_cannot_overwrite_t
     assert!(second[0].lease_token > first[0].lease_token);
     // The newer claim delivers; the stale one reports a failure afterwards: ignored.
     store
-        .complete(vec![Completion {
-            attempts: vec![attempt(2, Role::Backup1, Some(200), 40)],
-            delivered_to: Some(Role::Backup1),
-            ..at_rest(second[0].lease(), EventState::Delivered, None)
-        }])
+        .complete(
+            vec![Completion {
+                attempts: vec![attempt(2, Role::Backup1, Some(200), 40)],
+                delivered_to: Some(Role::Backup1),
+                ..at_rest(second[0].lease(), EventState::Delivered, None)
+            }]
+            .into(),
+        )
         .await
         .unwrap();
     store
-        .complete(vec![Completion {
-            attempts: vec![attempt(2, Role::Backup1, Some(503), 41)],
-            due_at_ms: Some(retry_at + 5),
-            ..at_rest(first[0].lease(), EventState::Pending, Some("status 503"))
-        }])
+        .complete(
+            vec![Completion {
+                attempts: vec![attempt(2, Role::Backup1, Some(503), 41)],
+                due_at_ms: Some(retry_at + 5),
+                ..at_rest(first[0].lease(), EventState::Pending, Some("status 503"))
+            }]
+            .into(),
+        )
         .await
         .unwrap();
     // A stale release is ignored too: the event stays at rest.
@@ -314,7 +323,7 @@ async fn release_makes_a_claimed_event_due_at_once_and_leaves_others_alone() {
     let claimed = claim_ids(&store).await;
     let done = claimed.iter().find(|(e, _)| e == "done").unwrap().1;
     store
-        .complete(vec![at_rest(done, EventState::Delivered, None)])
+        .complete(vec![at_rest(done, EventState::Delivered, None)].into())
         .await
         .unwrap();
     let now = later();
@@ -667,7 +676,7 @@ async fn prune_deletes_old_delivered_and_skipped_events_with_their_attempts_in_b
         .unwrap();
     let lease = claim_ids(&store).await[0].1;
     store
-        .complete(vec![at_rest(lease, EventState::Delivered, None)])
+        .complete(vec![at_rest(lease, EventState::Delivered, None)].into())
         .await
         .unwrap();
     client

@@ -1,5 +1,7 @@
 //! The write operations the writer thread runs, each inside a (shared) transaction.
 
+use std::sync::Arc;
+
 use mailhook_core::signature::Secret;
 use mailhook_core::{AccountId, WebhookSettings};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -357,7 +359,7 @@ impl Op for NextDueAt {
 }
 
 pub(super) struct Complete {
-    pub completions: Vec<Completion>,
+    pub completions: Arc<[Completion]>,
 }
 
 impl Op for Complete {
@@ -385,7 +387,7 @@ impl Op for Complete {
                  duration_ms = excluded.duration_ms, at_ms = excluded.at_ms",
         )?;
         let now = now_ms();
-        for c in &self.completions {
+        for c in self.completions.iter() {
             // Only the latest claim may write: a dispatcher whose lease ran out (and whose
             // event another claim took over) must not overwrite the newer outcome.
             let claimed = memory.leases.end_claim(c.id, c.lease_token);

@@ -305,35 +305,38 @@ async fn complete_writes_state_and_attempts_and_message_shows_them_in_order() {
         round: 0,
     };
     store
-        .complete(vec![
-            Completion {
-                state: EventState::Delivered,
-                pos: ChainPos {
-                    address: 1,
-                    tries: 0,
-                    round: 0,
+        .complete(
+            vec![
+                Completion {
+                    state: EventState::Delivered,
+                    pos: ChainPos {
+                        address: 1,
+                        tries: 0,
+                        round: 0,
+                    },
+                    due_at_ms: None,
+                    // given out of order: stored and shown by number
+                    attempts: vec![
+                        attempt(2, Role::Backup1, Some(200), 20),
+                        attempt(1, Role::Primary, None, 10),
+                    ],
+                    detail: None,
+                    delivered_to: Some(Role::Backup1),
+                    ..at_rest(id("delivered"), EventState::Delivered, None)
                 },
-                due_at_ms: None,
-                // given out of order: stored and shown by number
-                attempts: vec![
-                    attempt(2, Role::Backup1, Some(200), 20),
-                    attempt(1, Role::Primary, None, 10),
-                ],
-                detail: None,
-                delivered_to: Some(Role::Backup1),
-                ..at_rest(id("delivered"), EventState::Delivered, None)
-            },
-            at_rest(id("sent"), EventState::Skipped, Some("push is disabled")),
-            Completion {
-                state: EventState::Pending,
-                pos: retry_pos,
-                due_at_ms: Some(retry_at),
-                attempts: vec![attempt(1, Role::Primary, Some(500), 30)],
-                detail: Some("status 500".to_owned()),
-                delivered_to: None,
-                ..at_rest(id("retrying"), EventState::Pending, None)
-            },
-        ])
+                at_rest(id("sent"), EventState::Skipped, Some("push is disabled")),
+                Completion {
+                    state: EventState::Pending,
+                    pos: retry_pos,
+                    due_at_ms: Some(retry_at),
+                    attempts: vec![attempt(1, Role::Primary, Some(500), 30)],
+                    detail: Some("status 500".to_owned()),
+                    delivered_to: None,
+                    ..at_rest(id("retrying"), EventState::Pending, None)
+                },
+            ]
+            .into(),
+        )
         .await
         .unwrap();
 
@@ -433,7 +436,7 @@ async fn release_makes_a_claimed_event_due_at_once_and_leaves_others_alone() {
     let claimed = claim_ids(&store).await;
     let done = claimed.iter().find(|(e, _)| e == "done").unwrap().1;
     store
-        .complete(vec![at_rest(done, EventState::Delivered, None)])
+        .complete(vec![at_rest(done, EventState::Delivered, None)].into())
         .await
         .unwrap();
     let now = later();
@@ -552,10 +555,13 @@ async fn a_replay_ends_the_claim_of_a_recovery_round_so_its_late_completion_is_i
     let (_, first) = claim_ids(&store).await.pop().unwrap();
     // Every address failed; the recovery round is due at once and a dispatcher takes it.
     store
-        .complete(vec![Completion {
-            due_at_ms: Some(0),
-            ..at_rest(first, EventState::Failed, Some("status 503"))
-        }])
+        .complete(
+            vec![Completion {
+                due_at_ms: Some(0),
+                ..at_rest(first, EventState::Failed, Some("status 503"))
+            }]
+            .into(),
+        )
         .await
         .unwrap();
     let (_, round) = claim_ids(&store).await.pop().unwrap();
@@ -568,7 +574,7 @@ async fn a_replay_ends_the_claim_of_a_recovery_round_so_its_late_completion_is_i
     );
     // The round ends later, delivered: too late, the replay started the event over.
     store
-        .complete(vec![at_rest(round, EventState::Delivered, None)])
+        .complete(vec![at_rest(round, EventState::Delivered, None)].into())
         .await
         .unwrap();
     let stored = store
@@ -831,7 +837,8 @@ async fn a_failing_request_fails_alone_when_its_group_is_retried_one_by_one() {
                 completions: vec![Completion {
                     attempts: vec![too_long],
                     ..at_rest(Lease { id: 1, token: 1 }, EventState::Delivered, None)
-                }],
+                }]
+                .into(),
             },
         );
         let second = queue(
@@ -987,11 +994,14 @@ async fn close_runs_queued_writes_and_every_call_after_it_is_closed() {
             .err(),
         store.claim_due(0, 10, 1000).await.err(),
         store
-            .complete(vec![at_rest(
-                Lease { id: 1, token: 1 },
-                EventState::Delivered,
-                None,
-            )])
+            .complete(
+                vec![at_rest(
+                    Lease { id: 1, token: 1 },
+                    EventState::Delivered,
+                    None,
+                )]
+                .into(),
+            )
             .await
             .err(),
         store.release(vec![Lease { id: 1, token: 1 }]).await.err(),
@@ -1054,11 +1064,14 @@ async fn stats_count_events_by_type_and_state_with_test_pushes_apart() {
     let leases = claim_ids(&store).await;
     let lease = |id: &str| leases.iter().find(|(e, _)| e == id).unwrap().1;
     store
-        .complete(vec![
-            at_rest(lease("d1"), EventState::Delivered, None),
-            at_rest(lease("b1"), EventState::Skipped, Some("not subscribed")),
-            at_rest(lease("t1"), EventState::Dead, Some("refused")),
-        ])
+        .complete(
+            vec![
+                at_rest(lease("d1"), EventState::Delivered, None),
+                at_rest(lease("b1"), EventState::Skipped, Some("not subscribed")),
+                at_rest(lease("t1"), EventState::Dead, Some("refused")),
+            ]
+            .into(),
+        )
         .await
         .unwrap();
 
@@ -1164,20 +1177,26 @@ async fn a_completion_or_release_of_a_claim_that_is_no_longer_the_latest_is_igno
     assert_eq!((first.len(), second.len()), (1, 1));
     assert!(second[0].lease_token > first[0].lease_token);
     store
-        .complete(vec![Completion {
-            attempts: vec![attempt(1, Role::Primary, Some(200), 5)],
-            delivered_to: Some(Role::Primary),
-            ..at_rest(second[0].lease(), EventState::Delivered, None)
-        }])
+        .complete(
+            vec![Completion {
+                attempts: vec![attempt(1, Role::Primary, Some(200), 5)],
+                delivered_to: Some(Role::Primary),
+                ..at_rest(second[0].lease(), EventState::Delivered, None)
+            }]
+            .into(),
+        )
         .await
         .unwrap();
     // The first claimant reports late (a failure, a retry due) and releases: both ignored.
     store
-        .complete(vec![Completion {
-            attempts: vec![attempt(1, Role::Primary, Some(503), 6)],
-            due_at_ms: Some(now + 5),
-            ..at_rest(first[0].lease(), EventState::Pending, Some("status 503"))
-        }])
+        .complete(
+            vec![Completion {
+                attempts: vec![attempt(1, Role::Primary, Some(503), 6)],
+                due_at_ms: Some(now + 5),
+                ..at_rest(first[0].lease(), EventState::Pending, Some("status 503"))
+            }]
+            .into(),
+        )
         .await
         .unwrap();
     store.release(vec![first[0].lease()]).await.unwrap();
@@ -1340,22 +1359,25 @@ async fn event_counts_agree_with_the_events_through_every_kind_of_write() {
     let lease = |id: &str| leases.iter().find(|(e, _)| e == id).unwrap().1;
     let stale = lease("r1");
     store
-        .complete(vec![
-            at_rest(lease("d1"), EventState::Delivered, None),
-            // Failed, with a recovery round to come.
-            Completion {
-                due_at_ms: Some(later() + 5_000),
-                ..at_rest(lease("f1"), EventState::Failed, Some("all down"))
-            },
-            at_rest(lease("f2"), EventState::Dead, Some("all down")),
-            at_rest(lease("t1"), EventState::Delivered, None),
-            at_rest(lease("s1"), EventState::Skipped, Some("not subscribed")),
-            // Still pending: a retry was scheduled (no change of state).
-            Completion {
-                due_at_ms: Some(later() + 5_000),
-                ..at_rest(stale, EventState::Pending, None)
-            },
-        ])
+        .complete(
+            vec![
+                at_rest(lease("d1"), EventState::Delivered, None),
+                // Failed, with a recovery round to come.
+                Completion {
+                    due_at_ms: Some(later() + 5_000),
+                    ..at_rest(lease("f1"), EventState::Failed, Some("all down"))
+                },
+                at_rest(lease("f2"), EventState::Dead, Some("all down")),
+                at_rest(lease("t1"), EventState::Delivered, None),
+                at_rest(lease("s1"), EventState::Skipped, Some("not subscribed")),
+                // Still pending: a retry was scheduled (no change of state).
+                Completion {
+                    due_at_ms: Some(later() + 5_000),
+                    ..at_rest(stale, EventState::Pending, None)
+                },
+            ]
+            .into(),
+        )
         .await
         .unwrap();
     check("completions to every state");
@@ -1365,18 +1387,18 @@ async fn event_counts_agree_with_the_events_through_every_kind_of_write() {
     let f1 = round.iter().find(|j| j.event_id == "f1").unwrap().lease();
     let r1 = round.iter().find(|j| j.event_id == "r1").unwrap().lease();
     store
-        .complete(vec![at_rest(f1, EventState::Dead, Some("rounds over"))])
+        .complete(vec![at_rest(f1, EventState::Dead, Some("rounds over"))].into())
         .await
         .unwrap();
     check("a claimed failed event completed as dead");
     // A completion of a claim that is no longer the latest changes nothing.
     store
-        .complete(vec![at_rest(stale, EventState::Delivered, None)])
+        .complete(vec![at_rest(stale, EventState::Delivered, None)].into())
         .await
         .unwrap();
     check("a stale completion");
     store
-        .complete(vec![at_rest(r1, EventState::Delivered, None)])
+        .complete(vec![at_rest(r1, EventState::Delivered, None)].into())
         .await
         .unwrap();
 
