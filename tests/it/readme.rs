@@ -49,7 +49,7 @@ fn quick_start_steps(readme: &str) -> BTreeMap<u32, String> {
 }
 
 /// A shell for `command`, in `dir`, with none of the suite's `MAILHOOK_*` variables: a new
-/// user's terminal. It leads its own process group, so [`Terminal`] can stop whatever it
+/// user's terminal. It leads its own process group, so [`Started`] can stop whatever it
 /// started (the receiver's `python3` is bash's child, not bash).
 fn shell(dir: &Path, command: Option<&str>) -> Command {
     let mut shell = Command::new("bash");
