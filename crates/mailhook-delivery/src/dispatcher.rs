@@ -417,7 +417,9 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
         let chosen = {
             let mut breakers = lock(&inner.breakers);
             choose_address(pos.address, addresses, |i| {
-                breaker(&mut breakers, urls[i].as_str()).allow(&inner.breaker_policy, now)
+                with_breaker(&mut breakers, urls[i].as_str(), |b| {
+                    b.allow(&inner.breaker_policy, now)
+                })
             })
         };
         let next = match chosen {
@@ -507,13 +509,18 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
     }
 }
 
-/// The circuit breaker of `url`. Looked up by `&str` first: the URL is copied into the table
-/// once, not on every event (an allocation per event before).
-fn breaker<'a>(breakers: &'a mut HashMap<String, Breaker>, url: &str) -> &'a mut Breaker {
-    if !breakers.contains_key(url) {
-        breakers.insert(url.to_owned(), Breaker::default());
+/// Runs `f` on the circuit breaker of `url`. Looked up by `&str` first: the URL is copied
+/// into the table once, not on every event (an allocation per event before), and the usual
+/// case is one lookup.
+fn with_breaker<R>(
+    breakers: &mut HashMap<String, Breaker>,
+    url: &str,
+    f: impl FnOnce(&mut Breaker) -> R,
+) -> R {
+    match breakers.get_mut(url) {
+        Some(breaker) => f(breaker),
+        None => f(breakers.entry(url.to_owned()).or_default()),
     }
-    breakers.get_mut(url).expect("inserted above")
 }
 
 /// Counts where a dispatch left the event. Test pushes are left out: they would skew the
@@ -593,7 +600,9 @@ async fn attempt(
     let success = result.error.is_none();
     let transition = {
         let mut breakers = lock(&inner.breakers);
-        breaker(&mut breakers, url).record(&inner.breaker_policy, success, now_ms())
+        with_breaker(&mut breakers, url, |b| {
+            b.record(&inner.breaker_policy, success, now_ms())
+        })
     };
     match transition {
         Some(Transition::Opened) => {
