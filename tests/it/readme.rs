@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use mailhook_test_support::gateway::mailhook_bin;
+use mailhook_test_support::gateway::{mailhook_bin, without_suite_env};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -57,12 +57,7 @@ fn shell(dir: &Path, command: Option<&str>) -> Command {
     if let Some(command) = command {
         shell.arg("-c").arg(command);
     }
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("MAILHOOK_") {
-            shell.env_remove(name);
-        }
-    }
-    shell
+    without_suite_env(&mut shell)
         .env_remove("RUST_LOG")
         .current_dir(dir)
         .stdin(Stdio::piped())

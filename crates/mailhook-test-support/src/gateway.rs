@@ -179,6 +179,17 @@ pub fn mailhook_bin() -> PathBuf {
     bin
 }
 
+/// Keeps the test suite's own `MAILHOOK_*` variables (`MAILHOOK_TEST_STORE`, `MAILHOOK_BIN`,
+/// ...) out of `command`'s environment: the gateway reads every one of them as a config key.
+pub fn without_suite_env(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MAILHOOK_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// The real `mailhook` binary as a child process.
 pub struct GatewayProcess {
     pub child: Option<Child>,
@@ -237,11 +248,7 @@ impl GatewayProcess {
     /// and everything it wrote to stderr. For starts that must fail.
     pub async fn run_to_exit(config_path: &Path, timeout: Duration) -> (Option<i32>, String) {
         let mut command = Command::new(mailhook_bin());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("MAILHOOK_") {
-                command.env_remove(name);
-            }
-        }
+        without_suite_env(&mut command);
         let child = command
             .arg("--config")
             .arg(config_path)
@@ -297,13 +304,7 @@ impl GatewayProcess {
     pub async fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let mut command = Command::new(mailhook_bin());
-        // The gateway reads every `MAILHOOK_*` variable as a config key: keep the test
-        // suite's own (`MAILHOOK_TEST_STORE`, `MAILHOOK_BIN`, ...) out of its environment.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("MAILHOOK_") {
-                command.env_remove(name);
-            }
-        }
+        without_suite_env(&mut command);
         let child = command
             .arg("--config")
             .arg(&self.config_path)
