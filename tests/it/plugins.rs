@@ -212,6 +212,41 @@ async fn every_call_finds_the_plugin_memory_as_a_fresh_instance_has_it() {
     }
 }
 
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+#[test]
+fn sdk_plugins_are_components_that_import_only_the_host_interface() {
+    // Built for wasm32-unknown-unknown, a plugin's component is its module and mailhook's
+    // two host functions: every call instantiates it, and a wasm32-wasip2 build brings the
+    // WASI adapter and a few dozen WASI imports along. A component's import names are plain
+    // text in the file, so a `wasi:` anywhere in it is one of those imports.
+    for name in [
+        "redact-recipient",
+        "uspeedo-format",
+        "tag-filter",
+        "slack-sink",
+    ] {
+        let bytes = std::fs::read(plugin_file(name)).unwrap();
+        assert!(
+            bytes.starts_with(b"\0asm\x0d\0\x01\0"),
+            "{name} is not a component (linked without wasm-component-ld?)"
+        );
+        assert!(contains(&bytes, b"mailhook:plugin/host@0.1.0"), "{name}");
+        assert!(!contains(&bytes, b"wasi:"), "{name} imports WASI");
+    }
+    // The hostile plugins that reach for the system are built for wasm32-wasip2, where Rust's
+    // standard library imports WASI's files and sockets: what the hostile test refuses.
+    let files = std::fs::read(plugin_file("wasi-files")).unwrap();
+    assert!(contains(&files, b"wasi:filesystem/"));
+    let sockets = std::fs::read(plugin_file("wasi-sockets")).unwrap();
+    assert!(contains(&sockets, b"wasi:sockets/"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tag_filter_drops_unmatched_events_as_skipped() {
     let gw = TestGateway::start(|c| {

@@ -25,7 +25,8 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// WebAssembly stack a call may use (deep recursion traps instead of growing).
 const WASM_STACK_BYTES_MAX: usize = 512 * 1024;
 /// Core instances, memories and tables one plugin instance may have. A Rust component
-/// built for wasm32-wasip2 has a handful of each (the module, the WASI adapter, shims).
+/// built for wasm32-wasip2 has a handful of each (the module, the WASI adapter, shims); one
+/// built for wasm32-unknown-unknown, as the SDK's are, fewer.
 const CORE_INSTANCES_PER_COMPONENT_MAX: u32 = 16;
 const MEMORIES_PER_COMPONENT_MAX: u32 = 4;
 const TABLES_PER_COMPONENT_MAX: u32 = 8;

@@ -1,25 +1,39 @@
 //! The WASM plugins the tests load: built from source by `cargo xtask plugins` (which
-//! `cargo xtask test` runs first) into `<target dir>/plugins/wasm32-wasip2/release/`.
+//! `cargo xtask test` runs first) into `<target dir>/plugins/wasm32-unknown-unknown/release/`,
+//! and the two that import WASI into `<target dir>/plugins/wasm32-wasip2/release/`.
 
 use std::path::PathBuf;
 
 use mailhook::Config;
 use mailhook_plugin_host::{Kind, PluginSpec, Policy, TransformChain};
 
-/// Where `cargo xtask plugins` puts the built plugins: next to the test executable's target
-/// dir (`target/<profile>/deps/<test>` -> `target/plugins/...`).
-pub fn plugins_dir() -> PathBuf {
+/// The plugins built for wasm32-wasip2 because they must import WASI (xtask's `WASI_PLUGINS`).
+const WASI_PLUGINS: [&str; 2] = ["wasi-files", "wasi-sockets"];
+
+/// Where `cargo xtask plugins` puts the built plugins of `target`: next to the test
+/// executable's target dir (`target/<profile>/deps/<test>` -> `target/plugins/...`).
+fn built_dir(target: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let target = exe
+    let dir = exe
         .ancestors()
         .nth(3)
         .expect("test exe lives in target/<profile>/deps");
-    target.join("plugins").join("wasm32-wasip2").join("release")
+    dir.join("plugins").join(target).join("release")
+}
+
+/// Where the plugins built for wasm32-unknown-unknown, every SDK plugin, are.
+pub fn plugins_dir() -> PathBuf {
+    built_dir("wasm32-unknown-unknown")
 }
 
 /// The built plugin `crate_name` (`uspeedo-format`, `hostile` ones like `spin`, ...).
 pub fn plugin_file(crate_name: &str) -> PathBuf {
-    let path = plugins_dir().join(format!("{}.wasm", crate_name.replace('-', "_")));
+    let dir = if WASI_PLUGINS.contains(&crate_name) {
+        built_dir("wasm32-wasip2")
+    } else {
+        plugins_dir()
+    };
+    let path = dir.join(format!("{}.wasm", crate_name.replace('-', "_")));
     assert!(
         path.is_file(),
         "{} is missing: build the plugins with `cargo xtask plugins` (cargo xtask test does)",

@@ -12,8 +12,9 @@
 //! mailhook_plugin_sdk::export_transform!(transform);
 //! ```
 //!
-//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
-//! `target/wasm32-wasip2/release/` is the plugin file. The WIT interface the SDK hides is
+//! Build with `cargo build --release --target wasm32-unknown-unknown`, linked with
+//! `wasm-component-ld` (see `docs/plugins.md`); the `.wasm` in
+//! `target/wasm32-unknown-unknown/release/` is the plugin file. The WIT interface the SDK hides is
 //! `plugins/wit/plugin.wit` (`mailhook:plugin@0.1.0`).
 //!
 //! Off wasm (in `cargo test` on your machine) the host imports are replaced by
@@ -23,6 +24,9 @@ use serde::de::DeserializeOwned;
 pub use serde_json::{self, Map, Value, json};
 
 pub mod text;
+
+#[cfg(all(target_arch = "wasm32", target_os = "unknown", feature = "allocator"))]
+mod arena;
 
 #[doc(hidden)]
 pub mod bindings {
