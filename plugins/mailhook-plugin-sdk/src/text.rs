@@ -6,6 +6,7 @@
 //! in; everything else is copied as it is. Used through [`crate::RawEvent`] and
 //! [`crate::export_raw_transform!`].
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Where the value at a pointer lies in the text.
@@ -42,7 +43,13 @@ pub fn locate(json: &str, pointer: &str) -> Result<Option<Span>, String> {
     let mut open = start;
     let mut found = None;
     for token in pointer[1..].split('/') {
-        let token = token.replace("~1", "/").replace("~0", "~");
+        // Decoded only when it has an escape: most pointers have none, and a plugin that
+        // locates two fields per event paid four allocations and searches for nothing.
+        let token = if token.contains('~') {
+            Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+        } else {
+            Cow::Borrowed(token)
+        };
         let entry = match bytes.get(open) {
             Some(b'{') => find_entry(json, open, |_, key| {
                 key.map_or(Ok(false), |key| key_matches(json, key, &token))

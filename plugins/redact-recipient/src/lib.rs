@@ -2,6 +2,8 @@
 //! receivers that must not see personal data. Which fields, and how, is its config (see
 //! the README).
 
+use std::borrow::Cow;
+
 use mailhook_plugin_sdk::{RawEvent, RawOutcome, Value, serde_json, text};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -60,16 +62,50 @@ fn redact(payload: &mut String, config: &Config) -> Result<(), String> {
             payload.replace_range(span.member, "");
             continue;
         }
-        // Only text holds addresses: numbers, objects and nulls are left as they are.
-        if !matches!(payload.as_bytes()[span.value.start], b'"' | b'[') {
-            continue;
-        }
-        let mut value: Value = serde_json::from_str(&payload[span.value.clone()])
-            .map_err(|err| format!("field `{pointer}` is not JSON: {err}"))?;
-        redact_value(&mut value, config);
-        payload.replace_range(span.value, &value.to_string());
+        let text = &payload[span.value.clone()];
+        let redacted = match text.as_bytes()[0] {
+            // A string, the usual case, is redacted without building a `Value`: this runs
+            // on every event.
+            b'"' => quoted(&redact_text(&unquoted(text, pointer)?, config)),
+            b'[' => {
+                if let Ok(items) = serde_json::from_str::<Vec<Cow<str>>>(text) {
+                    let items: Vec<String> =
+                        items.iter().map(|item| redact_text(item, config)).collect();
+                    payload.replace_range(span.value, &quoted_list(&items));
+                    continue;
+                }
+                // Not only strings: what is not text stays as it is.
+                let mut value: Value = serde_json::from_str(text)
+                    .map_err(|err| format!("field `{pointer}` is not JSON: {err}"))?;
+                redact_value(&mut value, config);
+                value.to_string()
+            }
+            // Only text holds addresses: numbers, objects and nulls are left as they are.
+            _ => continue,
+        };
+        payload.replace_range(span.value, &redacted);
     }
     Ok(())
+}
+
+/// The text of the JSON string `quoted`; escapes are decoded only where there are any.
+fn unquoted<'a>(quoted: &'a str, pointer: &str) -> Result<Cow<'a, str>, String> {
+    if quoted.contains('\\') {
+        return serde_json::from_str(quoted)
+            .map(Cow::Owned)
+            .map_err(|err| format!("field `{pointer}` is not JSON: {err}"));
+    }
+    Ok(Cow::Borrowed(&quoted[1..quoted.len() - 1]))
+}
+
+/// `items` as a JSON array of strings.
+fn quoted_list(items: &[String]) -> String {
+    serde_json::to_string(items).expect("strings always serialize")
+}
+
+/// `text` as a JSON string, escaped where it must be.
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serializes")
 }
 
 fn redact_value(value: &mut Value, config: &Config) {
@@ -106,8 +142,12 @@ fn bare(text: &str) -> &str {
 fn mask_address(text: &str) -> String {
     match bare(text).rsplit_once('@') {
         Some((local, domain)) => {
-            let first: String = local.chars().take(1).collect();
-            format!("{first}***@{domain}")
+            let first = local.chars().next().map_or(0, char::len_utf8);
+            let mut masked = String::with_capacity(first + 4 + domain.len());
+            masked.push_str(&local[..first]);
+            masked.push_str("***@");
+            masked.push_str(domain);
+            masked
         }
         None => "***".to_owned(),
     }
@@ -201,6 +241,22 @@ mod tests {
         assert!(transform(twice).unwrap_err().contains("twice"));
         testing::set_config(json!({"fields": ["email.to"]}));
         assert!(transform(RawEvent::from_payload(&open())).is_err());
+    }
+
+    #[test]
+    fn escaped_recipients_are_read_and_written_as_json() {
+        testing::set_config(json!({}));
+        let mut event = RawEvent::from_payload(&open());
+        event.payload = r#"{"email":{"to":"\"Ana\" <ana@ex\u0061mple.com>","cc":["\"B\" <b@x.example>", 7]},"status":{"ip":"198.51.100.77"}}"#.to_owned();
+        testing::set_config(json!({"fields": ["/email/to", "/email/cc", "/status/ip"]}));
+        let RawOutcome::Payload(out) = transform(event).unwrap() else {
+            panic!("expected a payload");
+        };
+        let out: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(out["email"]["to"], "a***@example.com");
+        // A list with something other than text: the text is masked, the rest kept.
+        assert_eq!(out["email"]["cc"], json!(["b***@x.example", 7]));
+        assert_eq!(out["status"]["ip"], "198.51.100.0");
     }
 
     #[test]
