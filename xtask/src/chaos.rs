@@ -620,12 +620,8 @@ impl GatewayProcess {
             .with_context(|| format!("cannot open {}", self.log_path.display()))?;
         let mut command = Command::new(&self.bin);
         command.arg("--config").arg(&self.config_path).arg("serve");
-        // The config file alone decides: `MAILHOOK_...` variables would override its keys.
-        command.env_remove("RUST_LOG");
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("MAILHOOK_") {
-                command.env_remove(name);
-            }
+        for name in crate::config_overriding_env() {
+            command.env_remove(name);
         }
         let child = command
             .stdin(Stdio::null())

@@ -230,6 +230,19 @@ fn cargo(root: &Path) -> Command {
     command
 }
 
+/// The variables a gateway started by xtask must not inherit, because the config file xtask
+/// writes for it alone decides: `MAILHOOK_...` variables (the test suite's among them) would
+/// override its keys, and `RUST_LOG` its log level. Remove each with `env_remove`.
+fn config_overriding_env() -> Vec<std::ffi::OsString> {
+    std::iter::once("RUST_LOG".into())
+        .chain(
+            std::env::vars_os()
+                .map(|(name, _)| name)
+                .filter(|name| name.to_string_lossy().starts_with("MAILHOOK_")),
+        )
+        .collect()
+}
+
 /// Prints the command, runs it with inherited stdio, and fails if it does not succeed.
 fn run(command: &mut Command) -> Result<()> {
     let shown = show(command);

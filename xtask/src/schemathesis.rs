@@ -65,14 +65,11 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let log_path = dir.path().join("gateway.log");
     let mut gateway = Command::new(&bin);
     gateway.arg("--config").arg(&config_path).arg("serve");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("MAILHOOK_") {
-            gateway.env_remove(name);
-        }
+    for name in crate::config_overriding_env() {
+        gateway.env_remove(name);
     }
     let mut gateway = Gateway(
         gateway
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path)?)
