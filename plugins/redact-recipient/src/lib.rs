@@ -245,7 +245,6 @@ mod tests {
 
     #[test]
     fn escaped_recipients_are_read_and_written_as_json() {
-        testing::set_config(json!({}));
         let mut event = RawEvent::from_payload(&open());
         event.payload = r#"{"email":{"to":"\"Ana\" <ana@ex\u0061mple.com>","cc":["\"B\" <b@x.example>", 7]},"status":{"ip":"198.51.100.77"}}"#.to_owned();
         testing::set_config(json!({"fields": ["/email/to", "/email/cc", "/status/ip"]}));
