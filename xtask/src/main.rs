@@ -58,7 +58,7 @@ enum Task {
     /// memory, open file descriptors and queue depth, to show no leak.
     Soak(soak::Args),
     /// Builds the WASM plugins in `plugins/` (SDK examples, hostile test plugins) for
-    /// wasm32-unknown-unknown (the two that import WASI for wasm32-wasip2), adding the targets
+    /// wasm32-unknown-unknown (the two that must import WASI for wasm32-wasip2), adding the targets
     /// with rustup if needed.
     Plugins,
 }

@@ -1,9 +1,9 @@
 //! `cargo xtask plugins`: builds the WASM plugins in `plugins/` (the SDK's examples and the
 //! hostile plugins the tests load), adding their targets with rustup when this toolchain
-//! lacks them. Every plugin is built for wasm32-unknown-unknown (no WASI: a component of the
-//! plugin and mailhook's host interface only, which the host instantiates faster); the two
-//! hostile plugins that try to reach the system are also built for wasm32-wasip2, where Rust's
-//! standard library imports WASI's files and sockets. They go to
+//! lacks them. Plugins are built for wasm32-unknown-unknown (no WASI: a component of the
+//! plugin and mailhook's host interface only, which the host instantiates faster), except the
+//! two hostile plugins that try to reach the system: they are built for wasm32-wasip2, where
+//! Rust's standard library imports WASI's files and sockets. They go to
 //! `<target dir>/plugins/<target>/release/`, where the tests look for them; the plugins
 //! workspace has its own target dir there, so its builds never fight the host workspace's
 //! over features or locks.
@@ -26,16 +26,15 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     ensure_targets()?;
     let target_dir = crate::target_dir(root)?.join("plugins");
     let plugins = root.join("plugins");
-    crate::run(
-        crate::cargo(&plugins)
-            .args(["build", "--release", "--workspace", "--target", WASM_TARGET])
-            .env("CARGO_TARGET_DIR", &target_dir),
-    )?;
+    let mut bare = crate::cargo(&plugins);
+    bare.args(["build", "--release", "--workspace", "--target", WASM_TARGET]);
     let mut wasi = crate::cargo(&plugins);
     wasi.args(["build", "--release", "--target", WASI_TARGET]);
     for name in WASI_PLUGINS {
+        bare.args(["--exclude", name]);
         wasi.args(["-p", name]);
     }
+    crate::run(bare.env("CARGO_TARGET_DIR", &target_dir))?;
     crate::run(wasi.env("CARGO_TARGET_DIR", &target_dir))?;
     let out = target_dir.join(WASM_TARGET).join("release");
     eprintln!(
@@ -79,6 +78,9 @@ pub fn lint(root: &Path) -> Result<()> {
             }
             Some(target) => {
                 clippy.args(["--workspace", "--release", "--target", target]);
+                for name in WASI_PLUGINS {
+                    clippy.args(["--exclude", name]);
+                }
             }
             None => {
                 clippy.args(["--workspace", "--all-targets"]);

@@ -21,7 +21,7 @@ fn built_dir(target: &str) -> PathBuf {
     dir.join("plugins").join(target).join("release")
 }
 
-/// Where the plugins built for wasm32-unknown-unknown, every SDK plugin, are.
+/// Where the plugins built for wasm32-unknown-unknown, all but `WASI_PLUGINS`, are.
 pub fn plugins_dir() -> PathBuf {
     built_dir("wasm32-unknown-unknown")
 }
