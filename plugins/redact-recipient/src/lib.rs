@@ -67,19 +67,16 @@ fn redact(payload: &mut String, config: &Config) -> Result<(), String> {
             // A string, the usual case, is redacted without building a `Value`: this runs
             // on every event.
             b'"' => quoted(&redact_text(&unquoted(text, pointer)?, config)),
-            b'[' => {
-                if let Ok(items) = serde_json::from_str::<Vec<Cow<str>>>(text) {
-                    let items: Vec<String> =
-                        items.iter().map(|item| redact_text(item, config)).collect();
-                    payload.replace_range(span.value, &quoted_list(&items));
-                    continue;
-                }
+            b'[' => match serde_json::from_str::<Vec<Cow<str>>>(text) {
+                Ok(items) => quoted_list(items.iter().map(|item| redact_text(item, config))),
                 // Not only strings: what is not text stays as it is.
-                let mut value: Value = serde_json::from_str(text)
-                    .map_err(|err| format!("field `{pointer}` is not JSON: {err}"))?;
-                redact_value(&mut value, config);
-                value.to_string()
-            }
+                Err(_) => {
+                    let mut value: Value = serde_json::from_str(text)
+                        .map_err(|err| format!("field `{pointer}` is not JSON: {err}"))?;
+                    redact_value(&mut value, config);
+                    value.to_string()
+                }
+            },
             // Only text holds addresses: numbers, objects and nulls are left as they are.
             _ => continue,
         };
@@ -99,8 +96,9 @@ fn unquoted<'a>(quoted: &'a str, pointer: &str) -> Result<Cow<'a, str>, String> 
 }
 
 /// `items` as a JSON array of strings.
-fn quoted_list(items: &[String]) -> String {
-    serde_json::to_string(items).expect("strings always serialize")
+fn quoted_list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    serde_json::to_string(&items).expect("strings always serialize")
 }
 
 /// `text` as a JSON string, escaped where it must be.
