@@ -44,7 +44,15 @@ pub(crate) async fn transform(host: Option<&PluginHost>, job: &Job) -> Prepared 
     // The store holds what intake rendered, which is JSON text.
     let mut payload = String::from_utf8_lossy(&job.body).into_owned();
     for name in chain {
-        match host.transform(name, input(job, payload.clone())).await {
+        // A `fail_open` plugin that fails leaves the payload as it was, so only then is a
+        // copy kept; a `fail_closed` one ends the chain either way.
+        let fail_open = host.policy(name) == Policy::FailOpen;
+        let given = if fail_open {
+            payload.clone()
+        } else {
+            std::mem::take(&mut payload)
+        };
+        match host.transform(name, input(job, given)).await {
             Ok(Transformed::Payload(next)) => payload = next,
             Ok(Transformed::Drop(reason)) => {
                 let mut message = format!("dropped by plugin {name}");
@@ -54,27 +62,25 @@ pub(crate) async fn transform(host: Option<&PluginHost>, job: &Job) -> Prepared 
                 }
                 return Prepared::Dropped(message);
             }
-            Err(err) => match host.policy(name) {
-                Policy::FailOpen => {
-                    tracing::warn!(
-                        account = %job.account, event_id = %job.event_id, plugin = %name,
-                        outcome = err.outcome.label(), error = %err.message,
-                        "transform failed; fail_open: the event goes on without it"
-                    );
-                }
-                Policy::FailClosed => {
-                    tracing::warn!(
-                        account = %job.account, event_id = %job.event_id, plugin = %name,
-                        outcome = err.outcome.label(), error = %err.message,
-                        "transform failed; fail_closed: the event is not pushed (replayable)"
-                    );
-                    return Prepared::Failed(format!(
-                        "plugin {name} failed ({}): {}",
-                        err.outcome.label(),
-                        err.message
-                    ));
-                }
-            },
+            Err(err) if fail_open => {
+                tracing::warn!(
+                    account = %job.account, event_id = %job.event_id, plugin = %name,
+                    outcome = err.outcome.label(), error = %err.message,
+                    "transform failed; fail_open: the event goes on without it"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(
+                    account = %job.account, event_id = %job.event_id, plugin = %name,
+                    outcome = err.outcome.label(), error = %err.message,
+                    "transform failed; fail_closed: the event is not pushed (replayable)"
+                );
+                return Prepared::Failed(format!(
+                    "plugin {name} failed ({}): {}",
+                    err.outcome.label(),
+                    err.message
+                ));
+            }
         }
     }
     Prepared::Body(Bytes::from(payload))

@@ -552,35 +552,61 @@ impl Metrics {
     }
 }
 
-/// Plugin metrics. Plugin names come from the config, so they are a small bounded set.
-impl Metrics {
-    /// One plugin call and how it ended; `duration` is the time it ran (`None`: not run).
-    pub fn plugin_call(&self, plugin: &str, outcome: PluginOutcome, duration: Option<Duration>) {
-        let Some(inner) = &self.inner else { return };
-        inner.plugin_calls_counter(plugin, outcome).increment(1);
+/// One plugin's call metrics (`Metrics::plugin`): counters by outcome and the latency of
+/// the calls that ran. No-ops when metrics are off.
+pub struct PluginMetrics {
+    calls: [Counter; PluginOutcome::ALL.len()],
+    duration: Histogram,
+}
+
+impl PluginMetrics {
+    /// One call and how it ended; `duration` is the time it ran (`None`: not run).
+    pub fn call(&self, outcome: PluginOutcome, duration: Option<Duration>) {
+        self.calls[outcome as usize].increment(1);
         if let Some(duration) = duration {
-            inner
-                .recorder
-                .register_histogram(
-                    &Key::from_parts(
-                        "mailhook_plugin_call_duration_seconds",
-                        vec![Label::new("plugin", plugin.to_owned())],
-                    ),
-                    &META,
-                )
-                .record(duration.as_secs_f64());
+            self.duration.record(duration.as_secs_f64());
         }
     }
+}
 
-    /// Makes every outcome series of `plugin` exist (at 0) from the first scrape.
-    pub fn plugin_registered(&self, plugin: &str) {
-        let Some(inner) = &self.inner else { return };
-        for outcome in PluginOutcome::ALL {
-            inner.plugin_calls_counter(plugin, outcome).increment(0);
-        }
+/// Plugin metrics. Plugin names come from the config, so they are a small bounded set.
+impl Metrics {
+    /// The call metrics of `plugin`, registered now, so every outcome series exists (at 0)
+    /// from the first scrape. The plugin host keeps them with the plugin: a call then
+    /// records with two atomic adds instead of building two keys (labels, hashing, the
+    /// registry's lock) every time.
+    pub fn plugin(&self, plugin: &str) -> PluginMetrics {
+        let Some(inner) = &self.inner else {
+            return PluginMetrics {
+                calls: std::array::from_fn(|_| Counter::noop()),
+                duration: Histogram::noop(),
+            };
+        };
         inner
             .plugin_counter("mailhook_plugin_suspensions_total", plugin)
             .increment(0);
+        let calls = PluginOutcome::ALL.map(|outcome| {
+            let counter = inner.recorder.register_counter(
+                &Key::from_parts(
+                    "mailhook_plugin_calls_total",
+                    vec![
+                        Label::new("plugin", plugin.to_owned()),
+                        Label::new("outcome", outcome.label()),
+                    ],
+                ),
+                &META,
+            );
+            counter.increment(0);
+            counter
+        });
+        let duration = inner.recorder.register_histogram(
+            &Key::from_parts(
+                "mailhook_plugin_call_duration_seconds",
+                vec![Label::new("plugin", plugin.to_owned())],
+            ),
+            &META,
+        );
+        PluginMetrics { calls, duration }
     }
 
     /// `plugin` was suspended after consecutive failures.
@@ -624,19 +650,6 @@ impl Metrics {
 }
 
 impl Inner {
-    fn plugin_calls_counter(&self, plugin: &str, outcome: PluginOutcome) -> Counter {
-        self.recorder.register_counter(
-            &Key::from_parts(
-                "mailhook_plugin_calls_total",
-                vec![
-                    Label::new("plugin", plugin.to_owned()),
-                    Label::new("outcome", outcome.label()),
-                ],
-            ),
-            &META,
-        )
-    }
-
     fn plugin_counter(&self, name: &'static str, plugin: &str) -> Counter {
         self.recorder.register_counter(
             &Key::from_parts(name, vec![Label::new("plugin", plugin.to_owned())]),
@@ -892,6 +905,40 @@ mod tests {
             text.contains("mailhook_delivery_attempt_duration_seconds_bucket"),
             "histograms, not summaries"
         );
+    }
+
+    #[test]
+    fn plugin_calls_count_each_outcome_on_its_own_series() {
+        let metrics = Metrics::new(&MetricsConfig::default());
+        let plugin = metrics.plugin("p");
+        for (n, outcome) in PluginOutcome::ALL.into_iter().enumerate() {
+            for _ in 0..=n {
+                plugin.call(outcome, Some(Duration::from_micros(20)));
+            }
+        }
+        let text = metrics.render().unwrap();
+        for (n, outcome) in PluginOutcome::ALL.into_iter().enumerate() {
+            let series = format!(
+                r#"mailhook_plugin_calls_total{{plugin="p",outcome="{}"}} {}"#,
+                outcome.label(),
+                n + 1
+            );
+            assert!(text.contains(&series), "{series} in\n{text}");
+        }
+        let calls: usize = (1..=PluginOutcome::ALL.len()).sum();
+        assert!(
+            text.contains(&format!(
+                r#"mailhook_plugin_call_duration_seconds_count{{plugin="p"}} {calls}"#
+            )),
+            "{text}"
+        );
+        assert!(text.contains(r#"mailhook_plugin_suspensions_total{plugin="p"} 0"#));
+
+        let off = Metrics::new(&MetricsConfig {
+            enabled: false,
+            ..MetricsConfig::default()
+        });
+        off.plugin("p").call(PluginOutcome::Ok, None);
     }
 
     #[test]

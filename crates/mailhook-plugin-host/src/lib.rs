@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use mailhook_metrics::Metrics;
 pub use mailhook_metrics::PluginOutcome;
+use mailhook_metrics::{Metrics, PluginMetrics};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -143,6 +143,7 @@ struct Slot {
     stamp: Mutex<Option<watch::Stamp>>,
     failures: AtomicU32,
     suspended: AtomicBool,
+    metrics: PluginMetrics,
 }
 
 #[derive(Clone)]
@@ -196,6 +197,7 @@ impl PluginHost {
                     stamp: Mutex::new(None),
                     failures: AtomicU32::new(0),
                     suspended: AtomicBool::new(false),
+                    metrics: metrics.plugin(&spec.name),
                 };
                 (spec.name.clone(), Arc::new(slot))
             })
@@ -218,7 +220,6 @@ impl PluginHost {
             compiled: Mutex::new(HashMap::new()),
         });
         for slot in inner.slots.values() {
-            inner.metrics.plugin_registered(&slot.name);
             inner.refresh(slot, true);
         }
         if !config.reload_poll.is_zero() {
@@ -348,7 +349,7 @@ impl Inner {
             ));
         };
         let refuse = |outcome: PluginOutcome, message: String| {
-            self.metrics.plugin_call(name, outcome, None);
+            slot.metrics.call(outcome, None);
             Err(CallError::new(outcome, message))
         };
         if slot.suspended.load(Ordering::Relaxed) {
@@ -392,7 +393,7 @@ impl Inner {
         ran: Duration,
         error: Option<&CallError>,
     ) {
-        self.metrics.plugin_call(&slot.name, outcome, Some(ran));
+        slot.metrics.call(outcome, Some(ran));
         if !outcome.is_failure() {
             slot.failures.store(0, Ordering::Relaxed);
             return;
