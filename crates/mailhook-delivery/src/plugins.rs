@@ -32,6 +32,16 @@ fn input(job: &Job, payload: String) -> CallInput {
     }
 }
 
+/// The payload as a plugin's text. It is what intake rendered, JSON, so valid UTF-8: checked
+/// with `str::from_utf8`, which reads it a word at a time. `from_utf8_lossy` reads it a byte
+/// at a time and showed in perf on every event with a transform.
+fn text(body: &[u8]) -> String {
+    match std::str::from_utf8(body) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
 /// Runs the account's transforms, in order, over the stored payload.
 pub(crate) async fn transform(host: Option<&PluginHost>, job: &Job) -> Prepared {
     let Some(host) = host else {
@@ -41,8 +51,7 @@ pub(crate) async fn transform(host: Option<&PluginHost>, job: &Job) -> Prepared 
     if chain.is_empty() {
         return Prepared::Body(Bytes::from_owner(job.body.clone()));
     }
-    // The store holds what intake rendered, which is JSON text.
-    let mut payload = String::from_utf8_lossy(&job.body).into_owned();
+    let mut payload = text(&job.body);
     for name in chain {
         // A `fail_open` plugin that fails leaves the payload as it was, so only then is a
         // copy kept; a `fail_closed` one ends the chain either way.
@@ -103,7 +112,7 @@ pub(crate) async fn sink_attempt(
             started,
         );
     };
-    let payload = String::from_utf8_lossy(body).into_owned();
+    let payload = text(body);
     let requests = match host.sink(name, input(job, payload)).await {
         Ok(requests) => requests,
         Err(err) => {
@@ -151,5 +160,19 @@ fn plugin_failed(error: String, started: Instant) -> AttemptResult {
         status: None,
         error: Some(error),
         duration: started.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::text;
+
+    #[test]
+    fn text_keeps_utf8_as_it_is_and_replaces_what_is_not() {
+        assert_eq!(
+            text("{\"to\":\"zoë@example.org\"}".as_bytes()),
+            "{\"to\":\"zoë@example.org\"}"
+        );
+        assert_eq!(text(b"{\"to\":\"\xff\"}"), "{\"to\":\"\u{fffd}\"}");
     }
 }
