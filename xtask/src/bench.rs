@@ -32,12 +32,21 @@ use self::sink::Sink;
 const GATEWAY_BIN_ENV: &str = "XTASK_BENCH_GATEWAY_BIN";
 /// Issue 9's goal: at half the maximum rate, p99 from 202 to delivery under this.
 const HALF_RATE_P99_MS: f64 = 50.0;
-/// The issue's goal: delivered events/s at least this share of the raw one-per-POST rate.
-const TARGET_RATIO: f64 = 0.5;
+/// Issue 9's goal: delivered events/s at least this share of the raw one-per-POST rate
+/// (issue 2 had asked for 0.5; issue 9 raised it).
+const TARGET_RATIO: f64 = 0.6;
+/// Issue 9's goal with the primary down and its circuit open: throughput to backup-1 at
+/// least this share of the normal run's.
+const FAILOVER_TARGET_RATIO: f64 = 0.9;
 /// The gateway must have delivered every event within this after the first intake POST.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a progress line is printed during the gateway run.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Warm-up events of a primary-down run: more than the gateway's default
+/// `circuit_failure_threshold` (5), so the primary's circuit is open before the clock starts.
+const WARMUP_EVENTS: usize = 16;
+/// How long the warm-up may take (the first retry backoff is 1 s by default).
+const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the gateway run looks at the sink's count.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Most `--rounds`: each is a few runs of the whole load.
@@ -111,7 +120,8 @@ pub struct Args {
     half_rate: bool,
     /// Repeat the pairs the targets are ratios of, alternating, this many times in all: the
     /// raw one-per-POST baseline and the gateway end to end (and, with --plugin, the gateway
-    /// with the plugin), and report each round and the median ratios. The machine's speed
+    /// with the plugin; with --failover, the gateway with the primary down), and report each
+    /// round and the median ratios. The machine's speed
     /// drifts between runs, so one pair can be off by a tenth either way.
     #[arg(long, value_name = "R", default_value_t = 1)]
     rounds: usize,
@@ -427,6 +437,16 @@ impl Results {
     fn plugin_ratio_median(&self) -> Option<f64> {
         median(self.rounds.iter().filter_map(Round::plugin_ratio).collect())
     }
+
+    /// The median primary-down ratio over the rounds (`--failover`).
+    fn failover_ratio_median(&self) -> Option<f64> {
+        median(
+            self.rounds
+                .iter()
+                .filter_map(Round::failover_ratio)
+                .collect(),
+        )
+    }
 }
 
 /// One round of the runs the targets are ratios of.
@@ -436,15 +456,23 @@ struct Round {
     gateway_cpu_per_100k: Option<f64>,
     /// Delivered events/s with the plugin on every event (`--plugin`).
     delivered_with_plugin: Option<f64>,
+    /// Delivered events/s with the primary down, to backup-1 (`--failover`).
+    delivered_primary_down: Option<f64>,
 }
 
 impl Round {
-    fn of(raw: &Row, gateway: &GatewayRows, plugin: Option<&GatewayRows>) -> Round {
+    fn of(
+        raw: &Row,
+        gateway: &GatewayRows,
+        plugin: Option<&GatewayRows>,
+        failover: Option<&GatewayRows>,
+    ) -> Round {
         Round {
             raw_one_per_post: raw.events_per_s,
             delivered: gateway.end_to_end.events_per_s,
             gateway_cpu_per_100k: gateway.end_to_end.gateway_cpu_per_100k,
             delivered_with_plugin: plugin.map(|with| with.end_to_end.events_per_s),
+            delivered_primary_down: failover.map(|down| down.end_to_end.events_per_s),
         }
     }
 
@@ -454,6 +482,11 @@ impl Round {
 
     fn plugin_ratio(&self) -> Option<f64> {
         self.delivered_with_plugin.map(|with| with / self.delivered)
+    }
+
+    fn failover_ratio(&self) -> Option<f64> {
+        self.delivered_primary_down
+            .map(|down| down / self.delivered)
     }
 }
 
@@ -539,7 +572,17 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
     } else {
         None
     };
-    let mut rounds = vec![Round::of(&raw_one_per_post, &gateway, plugin.as_ref())];
+    let failover = if plan.failover {
+        Some(primary_down(plan, payloads, bin, &dir.join("failover")).await?)
+    } else {
+        None
+    };
+    let mut rounds = vec![Round::of(
+        &raw_one_per_post,
+        &gateway,
+        plugin.as_ref(),
+        failover.as_ref(),
+    )];
     for round in 2..=plan.rounds {
         eprintln!("bench: round {round} of {}", plan.rounds);
         let raw_again = raw(plan, payloads, Raw::OnePerPost).await?;
@@ -549,18 +592,20 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
             Some(path) => Some(with_plugin(plan, payloads, bin, &dir.join("plugin"), path).await?),
             None => None,
         };
-        rounds.push(Round::of(&raw_again, &gateway_again, plugin_again.as_ref()));
-    }
-    let failover = if plan.failover {
-        eprintln!("bench: gateway on SQLite, primary down (connection refused), sink as backup-1");
-        let variant = Variant {
-            primary_down: true,
-            ..Variant::default()
+        // In every round, next to that round's normal run: one pair of single runs was
+        // 0.82 in one session and 0.95 in the next, the machine's drift, not the gateway's.
+        let failover_again = if plan.failover {
+            Some(primary_down(plan, payloads, bin, &dir.join("failover")).await?)
+        } else {
+            None
         };
-        Some(through_gateway(plan, payloads, bin, &dir.join("failover"), variant).await?)
-    } else {
-        None
-    };
+        rounds.push(Round::of(
+            &raw_again,
+            &gateway_again,
+            plugin_again.as_ref(),
+            failover_again.as_ref(),
+        ));
+    }
     Ok(Results {
         raw_batched,
         raw_one_per_post,
@@ -577,6 +622,44 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         half_rate,
         rounds,
     })
+}
+
+/// Sends warm-up events through a gateway whose primary is down and waits until every one
+/// reached the sink (backup-1): the first ones fail on the primary until its circuit opens,
+/// and those wait their first retry backoff. The target is the throughput with the
+/// primary's circuit open; measured from a closed circuit, a run of 20,000 events was mostly
+/// that one backoff (down / up 0.52, against 0.87 with 100,000).
+async fn open_primary_circuit(
+    client: &load::HttpClient,
+    intake_uri: &hyper::Uri,
+    sink: &Sink,
+) -> Result<()> {
+    load::post_warmup(client, intake_uri, gateway::INTAKE_TOKEN, WARMUP_EVENTS).await?;
+    let deadline = Instant::now() + WARMUP_TIMEOUT;
+    while sink.arrivals.warmups() < WARMUP_EVENTS {
+        ensure!(
+            Instant::now() < deadline,
+            "{} of {WARMUP_EVENTS} warm-up events reached backup-1 within {WARMUP_TIMEOUT:?}",
+            sink.arrivals.warmups()
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    Ok(())
+}
+
+/// The gateway run with a primary where nothing listens and the sink as backup-1.
+async fn primary_down(
+    plan: &Plan,
+    payloads: &Arc<Payloads>,
+    bin: &Path,
+    dir: &Path,
+) -> Result<GatewayRows> {
+    eprintln!("bench: gateway on SQLite, primary down (connection refused), sink as backup-1");
+    let variant = Variant {
+        primary_down: true,
+        ..Variant::default()
+    };
+    through_gateway(plan, payloads, bin, dir, variant).await
 }
 
 /// The plain gateway run with the transform plugin at `path` on every event.
@@ -700,8 +783,11 @@ async fn through_gateway(
     };
     let client = load::http_client();
     let mut gateway = Gateway::start(bin, dir, &settings, &client).await?;
-    let intake = Arc::new(Intake::new(payloads.batches.len()));
     let intake_uri: hyper::Uri = format!("http://{}/v1/events", gateway.addr).parse()?;
+    if primary_down {
+        open_primary_circuit(&client, &intake_uri, &sink).await?;
+    }
+    let intake = Arc::new(Intake::new(payloads.batches.len()));
 
     // Start-up work is not part of the run.
     let gateway_cpu_before = gateway.cpu_seconds()?;
@@ -921,14 +1007,22 @@ fn print_rounds(w: &mut String, results: &Results) {
     .unwrap();
     writeln!(
         w,
-        "{:<7}{:>12}{:>13}{:>8}{:>15}{:>14}{:>14}",
-        "round", "raw/s", "delivered/s", "ratio", "gw CPU s/100k", "with plugin/s", "plugin ratio"
+        "{:<7}{:>12}{:>13}{:>8}{:>15}{:>14}{:>14}{:>16}{:>16}",
+        "round",
+        "raw/s",
+        "delivered/s",
+        "ratio",
+        "gw CPU s/100k",
+        "with plugin/s",
+        "plugin ratio",
+        "primary down/s",
+        "down / up"
     )
     .unwrap();
     for (i, round) in rounds.iter().enumerate() {
         writeln!(
             w,
-            "{:<7}{:>12.0}{:>13.0}{:>8.3}{:>15}{:>14}{:>14}",
+            "{:<7}{:>12.0}{:>13.0}{:>8.3}{:>15}{:>14}{:>14}{:>16}{:>16}",
             i + 1,
             round.raw_one_per_post,
             round.delivered,
@@ -936,6 +1030,8 @@ fn print_rounds(w: &mut String, results: &Results) {
             dash_or(round.gateway_cpu_per_100k, 2),
             dash_or(round.delivered_with_plugin, 0),
             dash_or(round.plugin_ratio(), 3),
+            dash_or(round.delivered_primary_down, 0),
+            dash_or(round.failover_ratio(), 3),
         )
         .unwrap();
     }
@@ -956,6 +1052,15 @@ fn print_rounds(w: &mut String, results: &Results) {
             rounds.len(),
             plugin::TARGET_RATIO,
             verdict(ratio, plugin::TARGET_RATIO)
+        )
+        .unwrap();
+    }
+    if let Some(ratio) = results.failover_ratio_median() {
+        writeln!(
+            w,
+            "median ratio primary down / up over {} rounds: {ratio:.3}   (target >= {FAILOVER_TARGET_RATIO:.2}: {})",
+            rounds.len(),
+            verdict(ratio, FAILOVER_TARGET_RATIO)
         )
         .unwrap();
     }
@@ -992,7 +1097,7 @@ fn print_failover(w: &mut String, normal: &Results, failover: &GatewayRows) {
             ("primary up", &normal.end_to_end),
             ("primary down, to backup-1", &failover.end_to_end),
         ],
-        ("primary down / up", ratio, 0.9),
+        ("primary down / up", ratio, FAILOVER_TARGET_RATIO),
     );
 }
 
@@ -1290,13 +1395,16 @@ fn json_report(
             "gateway_cpu_s_per_100k": round.gateway_cpu_per_100k,
             "delivered_with_plugin_events_per_s": round.delivered_with_plugin,
             "plugin_ratio": round.plugin_ratio(),
+            "delivered_primary_down_events_per_s": round.delivered_primary_down,
+            "failover_ratio": round.failover_ratio(),
         })).collect::<Vec<_>>(),
         "ratio_median": results.ratio_median(),
         "plugin_ratio_median": results.plugin_ratio_median(),
+        "failover_ratio_median": results.failover_ratio_median(),
         "failover": results.failover.as_ref().map(|down| serde_json::json!({
             "gateway_end_to_end": row(&down.end_to_end),
             "ratio_primary_down_to_up": down.end_to_end.events_per_s / results.end_to_end.events_per_s,
-            "target_ratio": 0.9,
+            "target_ratio": FAILOVER_TARGET_RATIO,
         })),
     })
 }

@@ -79,6 +79,20 @@ impl Payloads {
     }
 }
 
+/// A batch of `count` warm-up events, `warmup-0` on: bench events in all but the name, which
+/// the sink counts apart.
+pub fn warmup_batch(count: usize) -> Bytes {
+    let events: Vec<serde_json::Value> = (0..count)
+        .map(|k| {
+            let mut event: serde_json::Value =
+                serde_json::from_slice(&event(k)).expect("an event is JSON");
+            event["event_id"] = format!("{}{k}", super::sink::WARMUP_PREFIX).into();
+            event
+        })
+        .collect();
+    Bytes::from(serde_json::to_vec(&events).expect("a json! value serializes"))
+}
+
 /// One `delivery` event as a mail system would report it, ~350 bytes.
 fn event(i: usize) -> Vec<u8> {
     let value = serde_json::json!({
@@ -326,6 +340,29 @@ pub async fn gateway_intake(
         }
     })
     .await
+}
+
+/// POSTs `count` warm-up events (`warmup_batch`) to the gateway's intake in one batch.
+pub async fn post_warmup(
+    client: &HttpClient,
+    intake_url: &Uri,
+    token: &str,
+    count: usize,
+) -> Result<()> {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(intake_url.clone())
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(warmup_batch(count)))?;
+    let (status, _, body, _) = send(client, request, INTAKE_TIMEOUT).await?;
+    if status != StatusCode::ACCEPTED {
+        bail!(
+            "the warm-up batch got {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(())
 }
 
 /// Sends `request`; its status, headers, body and round trip (until the body was read).

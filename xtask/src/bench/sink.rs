@@ -25,6 +25,9 @@ use tokio::time::Instant;
 /// The path the sink is reached at; any path is accepted, this one is what the bench uses.
 pub const HOOK_PATH: &str = "/hook";
 
+/// The `event_id` prefix of warm-up events: counted apart, never as bench events.
+pub const WARMUP_PREFIX: &str = "warmup-";
+
 /// Header a raw batched POST uses to say how many events (from its `webhook-id` on) it holds.
 pub const EVENTS_HEADER: &str = "x-bench-events";
 
@@ -48,6 +51,8 @@ pub struct Arrivals {
     events: AtomicUsize,
     /// Requests without a `webhook-id` the sink can map to a bench event.
     foreign: AtomicUsize,
+    /// Arrivals of warm-up events (`warmup-<k>`), sent before a run's clock starts.
+    warmups: AtomicUsize,
 }
 
 impl Arrivals {
@@ -58,6 +63,7 @@ impl Arrivals {
             distinct: AtomicUsize::new(0),
             events: AtomicUsize::new(0),
             foreign: AtomicUsize::new(0),
+            warmups: AtomicUsize::new(0),
         }
     }
 
@@ -72,6 +78,11 @@ impl Arrivals {
 
     pub fn foreign(&self) -> usize {
         self.foreign.load(Ordering::Relaxed)
+    }
+
+    /// Arrivals of warm-up events, repeats included.
+    pub fn warmups(&self) -> usize {
+        self.warmups.load(Ordering::Relaxed)
     }
 
     /// When event `i` first arrived.
@@ -185,10 +196,12 @@ async fn handle(
     request: Request<Incoming>,
     arrivals: Arc<Arrivals>,
 ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
-    let first = request
+    let id = request
         .headers()
         .get("webhook-id")
-        .and_then(|id| id.to_str().ok())
+        .and_then(|id| id.to_str().ok());
+    let warmup = id.is_some_and(|id| id.starts_with(WARMUP_PREFIX));
+    let first = id
         .and_then(|id| id.strip_prefix("bench-"))
         .and_then(|i| i.parse::<usize>().ok());
     let count = match request.headers().get(EVENTS_HEADER) {
@@ -201,6 +214,9 @@ async fn handle(
         .await?;
     let at = Instant::now();
     match (first, count) {
+        _ if warmup => {
+            arrivals.warmups.fetch_add(1, Ordering::Relaxed);
+        }
         (Some(first), Some(count)) => arrivals.record(first, count, at),
         _ => {
             arrivals.foreign.fetch_add(1, Ordering::Relaxed);
