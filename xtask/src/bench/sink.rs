@@ -230,3 +230,41 @@ fn ok() -> Response<Full<Bytes>> {
     *response.status_mut() = StatusCode::OK;
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::load;
+
+    /// POSTs `body` to the sink as the gateway would push an event named `id`.
+    async fn push(client: &load::HttpClient, sink: &Sink, id: &str, body: Bytes) {
+        let request = Request::post(sink.url())
+            .header("webhook-id", id)
+            .body(Full::new(body))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn warmup_events_are_counted_apart_from_bench_events() {
+        let sink = Sink::start(2).await.unwrap();
+        let client = load::http_client();
+        let batch: Vec<serde_json::Value> = serde_json::from_slice(&load::warmup_batch(3)).unwrap();
+        let ids: Vec<&str> = batch
+            .iter()
+            .map(|event| event["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["warmup-0", "warmup-1", "warmup-2"]);
+        for id in ids {
+            push(&client, &sink, id, Bytes::from_static(b"{}")).await;
+        }
+        push(&client, &sink, "bench-1", Bytes::from_static(b"{}")).await;
+
+        let arrivals = &sink.arrivals;
+        assert_eq!(arrivals.warmups(), 3);
+        assert_eq!(arrivals.distinct(), 1);
+        assert!(arrivals.first(1).is_some() && arrivals.first(0).is_none());
+        assert_eq!(arrivals.foreign(), 0);
+    }
+}
