@@ -301,6 +301,23 @@ async fn assert_a_slow_address_does_not_hold_up_a_fast_one(slow_reply: Reply, sl
         "never more than in_flight_per_address_max requests at once to the slow address"
     );
 
+    // What did not fit went back to the store, and the metric says so.
+    let metrics = gw
+        .api
+        .send(http::Method::GET, "/metrics", None, None, "")
+        .await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let deferred: f64 = text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("mailhook_delivery_deferrals_total{address=\"primary\"} ")
+        })
+        .map_or(0.0, |value| value.trim().parse().unwrap());
+    assert!(
+        deferred >= 1.0,
+        "the slow address's events were deferred, and counted: {deferred}"
+    );
+
     // Nothing deferred is lost: once the slow address answers, every event gets there.
     slow.set_default(Reply::ok());
     for i in 0..40 {

@@ -409,6 +409,7 @@ struct Results {
     throttled_retries: usize,
     repeated_deliveries: usize,
     store_bytes: u64,
+    deferrals: Option<u64>,
     /// The same gateway run on PostgreSQL (`--store postgres`).
     postgres: Option<GatewayRows>,
     /// The same gateway run with a transform plugin on every event (`--plugin`).
@@ -454,6 +455,8 @@ struct Round {
     raw_one_per_post: f64,
     delivered: f64,
     gateway_cpu_per_100k: Option<f64>,
+    /// The gateway run's deferrals (events put back in the store for want of a slot).
+    deferrals: Option<u64>,
     /// Delivered events/s with the plugin on every event (`--plugin`).
     delivered_with_plugin: Option<f64>,
     /// Delivered events/s with the primary down, to backup-1 (`--failover`).
@@ -471,6 +474,7 @@ impl Round {
             raw_one_per_post: raw.events_per_s,
             delivered: gateway.end_to_end.events_per_s,
             gateway_cpu_per_100k: gateway.end_to_end.gateway_cpu_per_100k,
+            deferrals: gateway.deferrals,
             delivered_with_plugin: plugin.map(|with| with.end_to_end.events_per_s),
             delivered_primary_down: failover.map(|down| down.end_to_end.events_per_s),
         }
@@ -615,6 +619,7 @@ async fn measure(plan: &Plan, payloads: &Arc<Payloads>, bin: &Path, dir: &Path) 
         throttled_retries: gateway.throttled_retries,
         repeated_deliveries: gateway.repeated_deliveries,
         store_bytes: gateway.store_bytes,
+        deferrals: gateway.deferrals,
         postgres,
         plugin,
         metrics_off,
@@ -645,6 +650,16 @@ async fn open_primary_circuit(
         tokio::time::sleep(POLL_EVERY).await;
     }
     Ok(())
+}
+
+/// The sum of `mailhook_delivery_deferrals_total` over its address labels in an exposition.
+fn deferrals(exposition: &str) -> u64 {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("mailhook_delivery_deferrals_total{"))
+        .filter_map(|rest| rest.rsplit_once(' '))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// The gateway run with a primary where nothing listens and the sink as backup-1.
@@ -730,6 +745,9 @@ struct GatewayRows {
     store_bytes: u64,
     /// The plugin's calls, from the gateway's metrics (runs with `--plugin`).
     plugin_calls: Option<plugin::Calls>,
+    /// Events the gateway put back in the store because the sink had no slot free soon
+    /// (`mailhook_delivery_deferrals_total`); `None` with metrics off.
+    deferrals: Option<u64>,
 }
 
 /// What a gateway run changes from the plain one (SQLite, no plugin, metrics on, one address).
@@ -857,6 +875,13 @@ async fn through_gateway(
         Some(_) => Some(plugin::scrape(&client, gateway.addr).await?),
         None => None,
     };
+    let deferrals = if metrics_off {
+        None
+    } else {
+        Some(deferrals(
+            &gateway::metrics_text(&client, gateway.addr).await?,
+        ))
+    };
     gateway.stop().await?;
     let store_bytes = gateway::dir_bytes(&data_dir);
 
@@ -895,6 +920,7 @@ async fn through_gateway(
         busy_retries: intake.busy_retries.load(Ordering::Relaxed),
         throttled_retries: intake.throttled_retries.load(Ordering::Relaxed),
         repeated_deliveries: arrivals.repeats(),
+        deferrals,
         store_bytes,
         plugin_calls,
     })
@@ -958,10 +984,13 @@ fn print_report(w: &mut String, header: &str, results: &Results) {
     writeln!(
         w,
         "gateway: {} intake batches retried after 503, {} after 429; {} repeated deliveries; \
-         store {:.1} MiB after the run",
+         {} deferrals; store {:.1} MiB after the run",
         results.busy_retries,
         results.throttled_retries,
         results.repeated_deliveries,
+        results
+            .deferrals
+            .map_or_else(|| "-".to_owned(), |n| n.to_string()),
         results.store_bytes as f64 / (1024.0 * 1024.0)
     )
     .unwrap();
@@ -1007,12 +1036,13 @@ fn print_rounds(w: &mut String, results: &Results) {
     .unwrap();
     writeln!(
         w,
-        "{:<7}{:>12}{:>13}{:>8}{:>15}{:>14}{:>14}{:>16}{:>16}",
+        "{:<7}{:>12}{:>13}{:>8}{:>15}{:>10}{:>14}{:>14}{:>16}{:>16}",
         "round",
         "raw/s",
         "delivered/s",
         "ratio",
         "gw CPU s/100k",
+        "deferred",
         "with plugin/s",
         "plugin ratio",
         "primary down/s",
@@ -1022,12 +1052,15 @@ fn print_rounds(w: &mut String, results: &Results) {
     for (i, round) in rounds.iter().enumerate() {
         writeln!(
             w,
-            "{:<7}{:>12.0}{:>13.0}{:>8.3}{:>15}{:>14}{:>14}{:>16}{:>16}",
+            "{:<7}{:>12.0}{:>13.0}{:>8.3}{:>15}{:>10}{:>14}{:>14}{:>16}{:>16}",
             i + 1,
             round.raw_one_per_post,
             round.delivered,
             round.ratio(),
             dash_or(round.gateway_cpu_per_100k, 2),
+            round
+                .deferrals
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             dash_or(round.delivered_with_plugin, 0),
             dash_or(round.plugin_ratio(), 3),
             dash_or(round.delivered_primary_down, 0),
@@ -1357,6 +1390,7 @@ fn json_report(
         "intake_retries_429": results.throttled_retries,
         "repeated_deliveries": results.repeated_deliveries,
         "store_bytes": results.store_bytes,
+        "deferrals": results.deferrals,
         "ratio_delivered_to_raw_one_per_post": results.ratio(),
         "target_ratio": TARGET_RATIO,
         "plugin": results.plugin.as_ref().map(|with| serde_json::json!({
@@ -1393,6 +1427,7 @@ fn json_report(
             "delivered_events_per_s": round.delivered,
             "ratio": round.ratio(),
             "gateway_cpu_s_per_100k": round.gateway_cpu_per_100k,
+            "deferrals": round.deferrals,
             "delivered_with_plugin_events_per_s": round.delivered_with_plugin,
             "plugin_ratio": round.plugin_ratio(),
             "delivered_primary_down_events_per_s": round.delivered_primary_down,
@@ -1474,7 +1509,17 @@ fn commit(root: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{date_of, median};
+    use super::{date_of, deferrals, median};
+
+    #[test]
+    fn deferrals_are_summed_over_address_labels() {
+        let exposition = "# TYPE mailhook_delivery_deferrals_total counter\n\
+            mailhook_delivery_deferrals_total{address=\"primary\"} 12\n\
+            mailhook_delivery_deferrals_total{address=\"backup_1\"} 3\n\
+            mailhook_delivery_failovers_total{address=\"primary\"} 40\n";
+        assert_eq!(deferrals(exposition), 15);
+        assert_eq!(deferrals(""), 0);
+    }
 
     #[test]
     fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {

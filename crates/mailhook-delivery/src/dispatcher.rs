@@ -449,6 +449,7 @@ async fn run_chain(inner: &Inner, job: Job) -> Completion {
                 let _slot = match slots.admit(now_ms(), !job.test).await {
                     Admission::Go(slot) => slot,
                     Admission::Defer { until_ms } => {
+                        inner.metrics.deferred(index);
                         tracing::debug!(account = %job.account, event_id = %job.event_id, address = Role::of_index(index).as_str(), "address saturated: deferred");
                         done.pos = pos;
                         done.due_at_ms = Some(until_ms);

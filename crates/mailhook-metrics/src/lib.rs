@@ -289,6 +289,7 @@ struct Inner {
     attempts: Vec<Counter>,
     attempt_duration: Vec<Histogram>,
     failovers: Vec<Counter>,
+    deferrals: Vec<Counter>,
     replays: Counter,
     circuit_opened: Vec<Counter>,
     circuit_closed: Vec<Counter>,
@@ -380,6 +381,7 @@ impl Metrics {
                 })
                 .collect(),
             failovers: by_role("mailhook_delivery_failovers_total"),
+            deferrals: by_role("mailhook_delivery_deferrals_total"),
             replays: counter("mailhook_replayed_events_total", vec![]),
             circuit_opened: ROLES
                 .iter()
@@ -502,6 +504,14 @@ impl Metrics {
     pub fn failover(&self, from: usize) {
         if let Some(inner) = &self.inner {
             inner.failovers[from.min(2)].increment(1);
+        }
+    }
+
+    /// An event went back to the store, due later, because address `address` had no slot
+    /// free soon (head-of-line isolation): each one costs a store write and a second claim.
+    pub fn deferred(&self, address: usize) {
+        if let Some(inner) = &self.inner {
+            inner.deferrals[address.min(2)].increment(1);
         }
     }
 
@@ -762,7 +772,7 @@ fn type_index(event_type: EventType) -> usize {
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 10] = [
+    let counters: [(&'static str, &'static str); 11] = [
         (
             "mailhook_intake_events_total",
             "Events stored by intake, by type (duplicates not included).",
@@ -786,6 +796,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "mailhook_delivery_failovers_total",
             "Moves from an address to the next one in the chain, by the address left.",
+        ),
+        (
+            "mailhook_delivery_deferrals_total",
+            "Events put back in the store, due later, because their address had no slot free soon (in_flight_per_address_max), by address role.",
         ),
         (
             "mailhook_replayed_events_total",
