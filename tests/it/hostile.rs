@@ -9,6 +9,7 @@ use mailhook_test_support::{Receiver, Reply, TestGateway};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::metrics::{sample, scrape};
 use crate::{attempt_log, configure, post, wait_state};
 
 /// The response bytes the gateway reads in these tests (`delivery.response_bytes_max`).
@@ -302,17 +303,10 @@ async fn assert_a_slow_address_does_not_hold_up_a_fast_one(slow_reply: Reply, sl
     );
 
     // What did not fit went back to the store, and the metric says so.
-    let metrics = gw
-        .api
-        .send(http::Method::GET, "/metrics", None, None, "")
-        .await;
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
-    let deferred: f64 = text
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("mailhook_delivery_deferrals_total{address=\"primary\"} ")
-        })
-        .map_or(0.0, |value| value.trim().parse().unwrap());
+    let deferred = sample(
+        &scrape(&gw.api).await,
+        r#"mailhook_delivery_deferrals_total{address="primary"}"#,
+    );
     assert!(
         deferred >= 1.0,
         "the slow address's events were deferred, and counted: {deferred}"

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::{configure, post, wait_state};
 
 /// The value of one exposition line, e.g. `mailhook_x_total{a="b"}`; 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| {
             line.strip_prefix(series)
@@ -22,7 +22,8 @@ fn sample(text: &str, series: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().expect("a number"))
 }
 
-async fn scrape(api: &ApiClient) -> String {
+/// The gateway's `/metrics` text (asserting a 200).
+pub(crate) async fn scrape(api: &ApiClient) -> String {
     let answer = api.send(Method::GET, "/metrics", None, None, "").await;
     assert_eq!(answer.status, 200);
     String::from_utf8(answer.body.to_vec()).unwrap()

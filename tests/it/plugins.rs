@@ -12,30 +12,15 @@ use std::time::Duration;
 use http::Method;
 use mailhook_plugin_host::{Kind, PluginSpec, Policy};
 use mailhook_test_support::plugins::{plugin, plugin_file, use_plugins};
-use mailhook_test_support::{ApiClient, Receiver, Reply, TestGateway};
+use mailhook_test_support::{Receiver, Reply, TestGateway};
 use serde_json::{Value, json};
 
+use crate::metrics::{sample, scrape};
 use crate::{attempt_log, configure, post, wait_state};
 
 fn with_config(mut spec: PluginSpec, config: Value) -> PluginSpec {
     spec.config = config.as_object().expect("a JSON object").clone();
     spec
-}
-
-async fn scrape(api: &ApiClient) -> String {
-    let answer = api.send(Method::GET, "/metrics", None, None, "").await;
-    assert_eq!(answer.status, 200);
-    String::from_utf8(answer.body.to_vec()).unwrap()
-}
-
-/// The value of one exposition line such as `name{a="b"}`; 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
 }
 
 fn calls(text: &str, plugin: &str, outcome: &str) -> f64 {
