@@ -871,17 +871,18 @@ async fn through_gateway(
     let gateway_cpu = gateway.cpu_seconds()? - gateway_cpu_before;
     let own_cpu = own_cpu_seconds()? - own_cpu_before;
     let rss_peak_mib = gateway.rss_peak_bytes()? as f64 / (1024.0 * 1024.0);
-    let plugin_calls = match plugin {
-        Some(_) => Some(plugin::scrape(&client, gateway.addr).await?),
-        None => None,
-    };
-    let deferrals = if metrics_off {
+    // One scrape for what the run reports from the gateway's own counters.
+    let metrics = if metrics_off {
         None
     } else {
-        Some(deferrals(
-            &gateway::metrics_text(&client, gateway.addr).await?,
-        ))
+        Some(gateway::metrics_text(&client, gateway.addr).await?)
     };
+    let plugin_calls = match (plugin, &metrics) {
+        (Some(_), Some(text)) => Some(plugin::parse(text)?),
+        (Some(_), None) => bail!("a plugin run needs metrics on to report the plugin's calls"),
+        (None, _) => None,
+    };
+    let deferrals = metrics.as_deref().map(deferrals);
     gateway.stop().await?;
     let store_bytes = gateway::dir_bytes(&data_dir);
 
@@ -988,9 +989,7 @@ fn print_report(w: &mut String, header: &str, results: &Results) {
         results.busy_retries,
         results.throttled_retries,
         results.repeated_deliveries,
-        results
-            .deferrals
-            .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        dash_or(results.deferrals.map(|n| n as f64), 0),
         results.store_bytes as f64 / (1024.0 * 1024.0)
     )
     .unwrap();
@@ -1058,9 +1057,7 @@ fn print_rounds(w: &mut String, results: &Results) {
             round.delivered,
             round.ratio(),
             dash_or(round.gateway_cpu_per_100k, 2),
-            round
-                .deferrals
-                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            dash_or(round.deferrals.map(|n| n as f64), 0),
             dash_or(round.delivered_with_plugin, 0),
             dash_or(round.plugin_ratio(), 3),
             dash_or(round.delivered_primary_down, 0),

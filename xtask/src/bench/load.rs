@@ -83,21 +83,21 @@ impl Payloads {
 /// the sink counts apart.
 pub fn warmup_batch(count: usize) -> Bytes {
     let events: Vec<serde_json::Value> = (0..count)
-        .map(|k| {
-            let mut event: serde_json::Value =
-                serde_json::from_slice(&event(k)).expect("an event is JSON");
-            event["event_id"] = format!("{}{k}", super::sink::WARMUP_PREFIX).into();
-            event
-        })
+        .map(|k| event_value(format!("{}{k}", super::sink::WARMUP_PREFIX), k))
         .collect();
     Bytes::from(serde_json::to_vec(&events).expect("a json! value serializes"))
 }
 
 /// One `delivery` event as a mail system would report it, ~350 bytes.
 fn event(i: usize) -> Vec<u8> {
-    let value = serde_json::json!({
+    serde_json::to_vec(&event_value(format!("bench-{i}"), i)).expect("a json! value serializes")
+}
+
+/// Event `i`'s fields, named `event_id`.
+fn event_value(event_id: String, i: usize) -> serde_json::Value {
+    serde_json::json!({
         "type": "delivery",
-        "event_id": format!("bench-{i}"),
+        "event_id": event_id,
         "msg_id": format!("<20261127120000.{i:08}@mta1.example.com>"),
         "email": {
             "subject": format!("Your order #{i:08} has shipped"),
@@ -110,8 +110,7 @@ fn event(i: usize) -> Vec<u8> {
             "response": format!("250 2.0.0 OK 1795780800 {i:x}.1 - gsmtp"),
             "mx_host": "mx1.mail.example.org",
         },
-    });
-    serde_json::to_vec(&value).expect("a json! value serializes")
+    })
 }
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;

@@ -6,8 +6,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::load::HttpClient;
-
 /// The name the bench gives the plugin in the gateway's config.
 pub const NAME: &str = "bench";
 /// The goal: with the plugin, at least this share of the throughput without.
@@ -35,12 +33,8 @@ pub struct Calls {
     pub p99_us: f64,
 }
 
-/// The plugin's calls, from the `/metrics` of the gateway at `addr`.
-pub async fn scrape(client: &HttpClient, addr: std::net::SocketAddr) -> Result<Calls> {
-    parse(&super::gateway::metrics_text(client, addr).await?)
-}
-
-fn parse(text: &str) -> Result<Calls> {
+/// The plugin's calls, from a gateway's `/metrics` text.
+pub fn parse(text: &str) -> Result<Calls> {
     let plugin = format!("plugin=\"{NAME}\"");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     let (mut ok, mut failed) = (0.0, 0.0);
